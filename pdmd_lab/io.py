@@ -1,0 +1,154 @@
+"""Checkpoint folders: ``config.json`` plus safetensors files, written atomically.
+
+A folder is written under a temporary name beside its destination and renamed into place, so an
+interrupted write never leaves a half-written checkpoint; the previous one is replaced only once
+the new one is complete. Weights are safetensors only (never pickle). Optimizer states are
+flattened into tensors (safetensors) plus their JSON-able structure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CONFIG = "config.json"
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Yield a temporary folder; on success it replaces ``path`` in one rename (old one removed after)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def json_ready(obj):
+    """A dataclass or dict as plain JSON types (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save_folder(path, config: dict, tensors: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """Write ``config.json`` and one ``NAME.safetensors`` per entry of ``tensors``, atomically."""
+    with atomic_folder(path) as tmp:
+        for name, state in tensors.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
+        write_json(tmp / CONFIG, config)
+    return Path(path)
+
+
+def save_model_files(path, config: dict, tensors: dict[str, dict[str, torch.Tensor]]) -> Path:
+    """Write ``NAME.safetensors`` files and then ``config.json`` into an existing folder, each file atomically.
+
+    Used for a run folder that also holds a log and a ``train_state/`` subfolder.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name, state in tensors.items():
+        tmp = path / f".{name}.safetensors.tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, path / f"{name}.safetensors")
+    write_json(path / CONFIG, config)
+    return path
+
+
+def read_config(path) -> dict:
+    """The ``config.json`` of a checkpoint folder; missing or corrupt folders raise ValueError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"checkpoint folder {str(path)!r} does not exist")
+    cfg = path / CONFIG
+    if not cfg.is_file():
+        raise ValueError(f"{str(path)!r} is not a checkpoint folder: no {CONFIG}")
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt {cfg}: {e}") from None
+
+
+def read_tensors(path, name: str) -> dict[str, torch.Tensor]:
+    """Load ``NAME.safetensors`` from a checkpoint folder; missing or corrupt files raise ValueError."""
+    f = Path(path) / f"{name}.safetensors"
+    if not f.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} has no {f.name}")
+    try:
+        return load_file(str(f))
+    except (SafetensorError, OSError, Exception) as e:  # safetensors raises several types on corruption
+        raise ValueError(f"corrupt weights file {f}: {e}") from None
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """``load_state_dict`` with a one-line error when the weights do not fit the config."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(x.strip() for x in first[:3])
+        raise ValueError(f"weights in {where} do not match its config: {detail[:300]}") from None
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state into tensors (for safetensors) and JSON (param groups, scalar state)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{prefix}.{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict, prefix: str) -> None:
+    """Inverse of :func:`flatten_optimizer`."""
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        p, pid, k = key.split(".", 2)
+        if p == prefix:
+            state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
