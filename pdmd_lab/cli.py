@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
+
+from pdmd_lab import io
 
 
 def _command_line() -> str:
@@ -20,7 +23,7 @@ def cmd_train_teacher(a) -> None:
     defaults = {"batch_size": 256, "lr": 1e-3} if a.data not in ("mnist", "digits") else {"batch_size": 64, "lr": 1e-3}
     cfg = TeacherConfig(data=a.data, iters=a.iters, seed=a.seed,
                         batch_size=a.batch_size or defaults["batch_size"], lr=a.lr or defaults["lr"],
-                        checkpoint_every=a.checkpoint_every)
+                        checkpoint_every=a.checkpoint_every, init_iters=a.init_iters)
     out = train_teacher(cfg, a.out, resume=not a.restart, command=_command_line())
     print(f"teacher written to {out}")
 
@@ -30,13 +33,72 @@ def cmd_sample(a) -> None:
 
     from pdmd_lab import viz, zoo
 
-    model = zoo.load(a.model)
-    n = a.n
-    labels = torch.arange(n) % model.num_classes if a.label is None else torch.full((n,), a.label)
-    x = model.sample(labels, seed=a.seed, steps=a.steps, cfg=a.cfg)
-    fig = viz.samples_figure(x, labels, dataset=model.dataset, title=f"{a.model}  ({model.describe(a.steps, a.cfg)})")
+    if a.cfg is not None and a.cfg < 0:
+        raise ValueError(f"--cfg must be >= 0, got {a.cfg}")
+    if a.steps is not None and a.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {a.steps}")
+    model = zoo.load(a.model, steps=a.steps, cfg=a.cfg)
+    if a.label is not None and not 0 <= a.label < model.num_classes:
+        raise ValueError(f"--label must be in [0, {model.num_classes - 1}], got {a.label}")
+    labels = torch.arange(a.n) % model.num_classes if a.label is None else torch.full((a.n,), a.label)
+    x = model.sample(labels, seed=a.seed)
+    fig = viz.samples_figure(x, labels, dataset=model.dataset, title=f"{a.model}: {model.describe()}, NFE {model.nfe}")
     fig.savefig(a.out, dpi=120, bbox_inches="tight")
     print(f"wrote {a.out}")
+
+
+def cmd_distill(a) -> None:
+    from pdmd_lab.distill import DistillConfig, Distiller
+
+    image = not a.teacher.startswith("oracle:")
+    steps = a.steps if a.steps is not None else (1 if a.method == "dmd" else 4)
+    cfg = DistillConfig(
+        teacher=a.teacher, method=a.method, steps=steps, phases=a.phases if a.method == "phased-dmd" else 1,
+        cfg=a.cfg, iters=a.iters, weighting=a.weighting or ("dmd2" if image else "paper"), shift=a.shift,
+        batch_size=a.batch_size or (32 if image else 256), lr_generator=a.lr or (5e-5 if image else 1e-3),
+        lr_fake=a.lr_fake or (1e-4 if image else 1e-3),
+        fake_updates_per_generator_update=a.fake_updates or (2 if image else 5), seed=a.seed,
+        checkpoint_every=a.checkpoint_every, init_iters=a.init_iters)
+    out = Path(a.out)
+    if (out / "train_state").exists() and not a.resume:
+        raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    Distiller(cfg, out, command=_command_line()).train()
+    print(f"student written to {out}")
+
+
+def cmd_train_classifier(a) -> None:
+    from pdmd_lab.embed import ClassifierConfig, train_classifier
+
+    out = train_classifier(ClassifierConfig(data=a.data, iters=a.iters, seed=a.seed), a.out)
+    print(f"classifier written to {out} (held-out accuracy {io.read_config(out)['heldout_accuracy']:.4f})")
+
+
+def cmd_build_zoo(a) -> None:
+    from pdmd_lab import zoo
+
+    built = zoo.build_zoo(only=a.only)
+    print("built: " + (", ".join(built) or "nothing (every model is already built and valid)"))
+
+
+def cmd_list(a) -> None:
+    from pdmd_lab import zoo
+
+    print("\n".join(zoo.list_models()))
+
+
+def cmd_evaluate(a) -> None:
+    from pdmd_lab import evaluate
+
+    res = evaluate.evaluate_models([m for m in a.models.split(",") if m], n=a.n, seed=a.seed,
+                                   out=Path(a.out) if a.out else None)
+    print(evaluate.markdown_table(res))
+
+
+def cmd_bench(a) -> None:
+    from pdmd_lab import evaluate
+
+    res = evaluate.bench(quick=a.quick, out=Path(a.out) if a.out else None)
+    print(evaluate.bench_markdown(res))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +125,52 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="samples.png")
     s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("distill", help="distill a teacher into a few-step student (resumable)")
+    s.add_argument("--teacher", required=True, help="oracle:<2d-dataset> or a teacher folder")
+    s.add_argument("--method", required=True, help="dmd, dmd2-sgts, phased-dmd or dp-dmd")
+    s.add_argument("--steps", type=int, default=None, help="student steps (default 1 for dmd, else 4)")
+    s.add_argument("--phases", type=int, default=4, help="Phased DMD phases (must divide --steps)")
+    s.add_argument("--cfg", type=float, default=3.0, help="CFG scale of the real score (1 = none)")
+    s.add_argument("--iters", type=int, default=1000, help="generator updates in total")
+    s.add_argument("--weighting", choices=["paper", "dmd2"], default=None)
+    s.add_argument("--shift", type=float, default=1.0, help="time shift of the step times")
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--lr", type=float, default=None, help="generator learning rate")
+    s.add_argument("--lr-fake", type=float, default=None)
+    s.add_argument("--fake-updates", type=int, default=None, help="fake-score updates per generator update")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--checkpoint-every", type=int, default=100)
+    s.add_argument("--init-iters", type=int, default=2000, help="oracle teachers: iterations of the init fit")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_distill)
+
+    s = sub.add_parser("train-classifier", help="train the CNN whose features measure diversity")
+    s.add_argument("--data", default="mnist")
+    s.add_argument("--iters", type=int, default=2000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_train_classifier)
+
+    s = sub.add_parser("build-zoo", help="rebuild the shipped models in assets/models (resumable)")
+    s.add_argument("--only", default=None, help="build only the entries whose name contains this")
+    s.set_defaults(func=cmd_build_zoo)
+
+    s = sub.add_parser("list", help="list the shipped models")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("evaluate", help="sample models with the same seeds and measure quality and diversity")
+    s.add_argument("--models", required=True, help="comma-separated zoo names or folders (one family)")
+    s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="folder for metrics.json and metrics.md")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("bench", help="sampling speed and training memory, measured in one process")
+    s.add_argument("--quick", action="store_true")
+    s.add_argument("--out", default=None)
+    s.set_defaults(func=cmd_bench)
     return p
 
 
@@ -74,6 +182,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"pdmd-lab {a.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # e.g. a non-finite loss: training stopped, last checkpoint intact
+        print(f"pdmd-lab {a.command}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"pdmd-lab {a.command}: interrupted; the last checkpoint is intact", file=sys.stderr)
         return 130

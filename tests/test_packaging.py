@@ -5,11 +5,11 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
-import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -124,8 +124,6 @@ def test_resume_continues(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
 
 
-                   "config.seed: two runs with the same --seed differ (fix: fork_rng + manual_seed("
-                   "config.seed) around build_net in pdmd_lab/teacher.py)")
 def test_same_seed_same_teacher(tmp_path):
     torch.manual_seed(1)
     assert _train(tmp_path / "a", "--iters", 5, "--batch-size", 16, "--seed", 3) == 0

@@ -33,6 +33,7 @@ from pdmd_lab.student import Student
 from pdmd_lab.teacher import Guided, OracleTeacher, fit_net_to_teacher, iteration_generator, load_teacher
 
 METHODS = ("dmd", "dmd2-sgts", "phased-dmd", "dp-dmd")
+_ORACLE_FITS: dict = {}  # (teacher, net, iters, seed) -> net fitted to an oracle teacher
 SAMPLER_OF = {"dmd": "euler", "dmd2-sgts": "renoise", "phased-dmd": "euler", "dp-dmd": "euler"}
 
 
@@ -145,10 +146,15 @@ class Distiller:
         self.total_iters = self.iters_per_phase * c.num_phases
         self.it, self.phase, self.wall = 0, 0, 0.0
         state = self._read_train_state() if self.out is not None else None
-        if state is None and self.init_net is None:
-            self.init_net = fit_net_to_teacher(self.teacher, build_net(c.net), self.dataset, iters=c.init_iters,
-                                               seed=c.seed, progress=progress)
-        experts = [build_net(c.net) for _ in range(c.num_phases)]
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights, whatever the global RNG holds
+            torch.manual_seed(c.seed)
+            if state is None and self.init_net is None:
+                key = json.dumps([c.teacher, c.net, c.init_iters, c.seed])
+                if key not in _ORACLE_FITS:  # fitted once per process, shared by every run that asks again
+                    _ORACLE_FITS[key] = fit_net_to_teacher(self.teacher, build_net(c.net), self.dataset,
+                                                           iters=c.init_iters, seed=c.seed, progress=progress)
+                self.init_net = _ORACLE_FITS[key]
+            experts = [build_net(c.net) for _ in range(c.num_phases)]
         if self.init_net is not None:
             for e in experts:
                 e.load_state_dict(self.init_net.state_dict())
@@ -298,6 +304,10 @@ class Distiller:
     def save_checkpoint(self) -> None:
         """Write ``train_state/`` (atomic folder), then the student files (each atomic)."""
         c = self.config
+        for name, module in [("student", self.student), ("fake score", self.fake_score)]:
+            if not all(torch.isfinite(p).all() for p in module.parameters()):
+                raise RuntimeError(f"non-finite {name} weights at iteration {self.it}; the last good checkpoint"
+                                   f" in {self.out} is intact")
         tensors: dict[str, torch.Tensor] = {}
         for k, e in enumerate(self.student.experts):
             tensors.update({f"expert_{k}.{n}": v for n, v in e.state_dict().items()})
