@@ -188,13 +188,15 @@ def _moons(n, g):
     a = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
     x = torch.stack([torch.cos(a), torch.sin(a)], 1)
     x = torch.where(y[:, None] == 1, torch.stack([1 - torch.cos(a), 0.5 - torch.sin(a)], 1), x)
-    x = (x - torch.tensor([0.5, 0.25], dtype=torch.float64)) * 2 + 0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    noise = 0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    x = (x - torch.tensor([0.5, 0.25], dtype=torch.float64)) * 2 + noise
     return x.float(), y
 
 
 def _swiss_roll(n, g):
     u = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g, dtype=torch.float64))
-    x = torch.stack([u * torch.cos(u), u * torch.sin(u)], 1) / 5 + 0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    noise = 0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    x = torch.stack([u * torch.cos(u), u * torch.sin(u)], 1) / 5 + noise
     return x.float(), torch.zeros(n, dtype=torch.long)
 
 

@@ -80,7 +80,8 @@ class MLPDenoiser(Denoiser):
         self.class_emb = nn.Embedding(c.num_classes + 1, c.hidden)
         self.inp = nn.Linear(c.data_dim, c.hidden)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(c.hidden), nn.Linear(c.hidden, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden))
+            nn.Sequential(nn.LayerNorm(c.hidden), nn.Linear(c.hidden, c.hidden), nn.SiLU(),
+                          nn.Linear(c.hidden, c.hidden))
             for _ in range(c.depth)
         )
         self.out = nn.Sequential(nn.LayerNorm(c.hidden), nn.Linear(c.hidden, c.data_dim))
@@ -88,7 +89,8 @@ class MLPDenoiser(Denoiser):
     def forward(self, x: torch.Tensor, t, class_labels=None) -> torch.Tensor:
         b = x.shape[0]
         t = self._times(t, b, x)
-        cond = self.time_mlp(timestep_embedding(t, self.config.emb_dim)) + self.class_emb(self._labels(class_labels, b, x.device))
+        cond = self.time_mlp(timestep_embedding(t, self.config.emb_dim))
+        cond = cond + self.class_emb(self._labels(class_labels, b, x.device))  # (B, H)
         h = self.inp(x) + cond  # (B, H)
         for block in self.blocks:
             h = h + block(h + cond)

@@ -35,8 +35,8 @@ class Entry:
 
 
 def _students(family: str, teacher: str, common: dict) -> list[Entry]:
-    specs = [("dmd-1s", "dmd", 1, 1), ("dmd2-sgts-4s", "dmd2-sgts", 4, 1), ("phased-dmd-4s4p", "phased-dmd", 4, 4),
-             ("phased-dmd-4s2p", "phased-dmd", 4, 2), ("dp-dmd-4s", "dp-dmd", 4, 1)]
+    specs = [("phased-dmd-4s4p", "phased-dmd", 4, 4), ("dmd-1s", "dmd", 1, 1), ("dmd2-sgts-4s", "dmd2-sgts", 4, 1),
+             ("dp-dmd-4s", "dp-dmd", 4, 1), ("phased-dmd-4s2p", "phased-dmd", 4, 2)]
     return [Entry(f"{family}/{n}", "student", {"teacher": teacher, "method": m, "steps": s, "phases": p,
                                                 "cfg": TEACHER_CFG[family], **common}) for n, m, s, p in specs]
 
@@ -46,9 +46,9 @@ ENTRIES: list[Entry] = [
                                                "lr_fake": 1e-3, "fake_updates_per_generator_update": 3}),
     Entry("mnist/teacher", "teacher", {"data": "mnist", "iters": 4500, "batch_size": 64, "lr": 1e-3}),
     Entry("mnist/classifier", "classifier", {"data": "mnist"}),
-    *_students("mnist", str(RUNS / "mnist/teacher"), {"iters": 300, "batch_size": 32, "lr_generator": 5e-5,
-                                                       "lr_fake": 1e-4, "fake_updates_per_generator_update": 2,
-                                                       "weighting": "dmd2", "dp_anchor_steps": 4}),
+    *_students("mnist", str(RUNS / "mnist/teacher"), {"iters": 240, "batch_size": 32, "lr_generator": 1e-4,
+                                                       "lr_fake": 2e-4, "fake_updates_per_generator_update": 2,
+                                                       "weighting": "dmd2", "dp_anchor_steps": 2}),
 ]
 
 

@@ -1,0 +1,43 @@
+"""The shipped models: every one loads and samples; the shipped Phased DMD students meet the quality bar."""
+
+import pytest
+import torch
+
+from pdmd_lab import metrics, zoo
+from pdmd_lab.data import get_dataset
+
+SAMPLERS = [n for n in zoo.list_models() if not n.endswith("/classifier")]
+
+
+def test_zoo_is_complete():
+    names = set(zoo.list_models())
+    for entry in zoo.ENTRIES:
+        assert entry.name in names, f"{entry.name} is not shipped: run `pdmd-lab build-zoo`"
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_shipped_model_samples(name):
+    model = zoo.load(name)
+    labels = torch.arange(8) % model.num_classes
+    x = model.sample(labels, seed=0)
+    assert x.shape == (8, *get_dataset(model.dataset).shape)
+    assert torch.isfinite(x).all()
+    torch.testing.assert_close(model.sample(labels, seed=0), x)  # seeded
+    assert not torch.equal(model.sample(labels, seed=1), x)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'mnist/nosuch'"):
+        zoo.load("mnist/nosuch")
+
+
+@pytest.mark.parametrize("name", ["ring-mix/phased-dmd-4s4p", "ring-mix/phased-dmd-4s2p"])
+def test_phased_students_cover_every_mode_of_every_class(name):
+    """Every mode the CFG teacher visits (>= 2% of a class) is visited by the student too."""
+    gmm = get_dataset("ring-mix").gmm
+    labels = torch.arange(2000) % 4
+    teacher = metrics.mode_histogram(gmm, zoo.load("ring-mix/teacher").sample(labels, seed=0), labels)
+    student = metrics.mode_histogram(gmm, zoo.load(name).sample(labels, seed=0), labels)
+    expected = teacher >= 0.02
+    assert expected.sum() >= 8
+    assert (student[expected] >= 0.02).all(), (teacher.round(2), student.round(2))
