@@ -86,6 +86,53 @@ def cmd_list(a) -> None:
     print("\n".join(zoo.list_models()))
 
 
+def comparison_names(family: str) -> list[str]:
+    """The rows of every comparison: the teacher at 50, 4 and 1 Euler steps, then each shipped student."""
+    from pdmd_lab import zoo
+
+    students = [n for n in zoo.list_models() if n.startswith(family + "/") and n.split("/")[1] not in
+                ("teacher", "classifier")]
+    return [f"{family}/teacher@50", f"{family}/teacher@4", f"{family}/teacher@1", *students]
+
+
+def load_row(name: str):
+    """``family/model@steps``: a shipped model, teachers cut to ``steps`` Euler steps."""
+    from pdmd_lab import zoo
+
+    base, _, steps = name.partition("@")
+    return zoo.load(base, steps=int(steps) if steps else None)
+
+
+def cmd_figures(a) -> None:
+    import torch
+
+    from pdmd_lab import viz
+    from pdmd_lab.data import get_dataset
+
+    ds = get_dataset(a.family)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = comparison_names(a.family)
+    if ds.kind == "image":
+        labels = torch.full((a.n,), a.label)
+        noise = torch.randn((a.n, *ds.shape), generator=torch.Generator().manual_seed(a.seed))
+        rows, captions = {}, {}
+        for name in names:
+            m = load_row(name)
+            rows[name] = m.sample(labels, seed=a.seed, noise=noise)
+            captions[name] = f"NFE {m.nfe}"
+        fig = viz.image_grid_figure(rows, captions=captions, title=f"class {a.label}, seeds shared across rows",
+                                    column_labels=[f"#{i}" for i in range(a.n)])
+        path = out / f"{a.family}_methods_class{a.label}.png"
+    else:
+        labels = torch.arange(2000) % ds.num_classes
+        samples = {name: (load_row(name).sample(labels, seed=a.seed), labels) for name in names}
+        fig = viz.scatter_figure(samples, ds.gmm, title=f"{a.family}: same noise for every method")
+        path = out / f"{a.family}_methods_scatter.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"wrote {path}")
+
+
 def cmd_evaluate(a) -> None:
     from pdmd_lab import evaluate
 
@@ -166,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default=None, help="folder for metrics.json and metrics.md")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("figures", help="comparison figure of the shipped models of a family")
+    s.add_argument("--family", default="mnist")
+    s.add_argument("--label", type=int, default=3, help="class of the image grid")
+    s.add_argument("--n", type=int, default=8, help="samples per row (images)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="assets/figures")
+    s.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("bench", help="sampling speed and training memory, measured in one process")
     s.add_argument("--quick", action="store_true")
