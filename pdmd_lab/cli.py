@@ -23,7 +23,7 @@ def cmd_train_teacher(a) -> None:
     defaults = {"batch_size": 256, "lr": 1e-3} if a.data not in ("mnist", "digits") else {"batch_size": 64, "lr": 1e-3}
     cfg = TeacherConfig(data=a.data, iters=a.iters, seed=a.seed,
                         batch_size=a.batch_size or defaults["batch_size"], lr=a.lr or defaults["lr"],
-                        checkpoint_every=a.checkpoint_every, init_iters=a.init_iters)
+                        checkpoint_every=a.checkpoint_every)
     out = train_teacher(cfg, a.out, resume=not a.restart, command=_command_line())
     print(f"teacher written to {out}")
 
