@@ -333,7 +333,12 @@ class Distiller:
         if st.get("kind") != "distill-train-state":
             raise ValueError(f"cannot resume: {d} is not a distillation run")
         mine, theirs = asdict(self.config), st["config"]
-        for key in ("teacher", "method", "steps", "phases", "cfg", "shift", "iters", "batch_size", "net"):
+        keys = ["teacher", "method", "steps", "phases", "cfg", "shift", "batch_size", "net"]
+        if self.config.method == "phased-dmd":
+            keys.append("iters")  # the phase split depends on it; other methods may resume to train longer
+        elif st["iter"] > self.config.iters:
+            raise ValueError(f"cannot resume {self.out}: it has already run {st['iter']} > iters={self.config.iters}")
+        for key in keys:
             if json.loads(json.dumps(mine[key])) != theirs[key]:
                 raise ValueError(f"cannot resume {self.out}: it was trained with {key}={theirs[key]!r}, "
                                  f"not {mine[key]!r}")
