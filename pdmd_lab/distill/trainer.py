@@ -292,6 +292,10 @@ class Distiller:
                 end_of_phase = done % self.iters_per_phase == 0
                 if done % c.checkpoint_every == 0 or end_of_phase:
                     self.save_checkpoint()
+        if self.out is not None and self.it == self.total_iters:
+            done = (self.out / "config.json").exists() and io.read_config(self.out).get("complete", False)
+            if not done:  # e.g. resumed with iters equal to the checkpoint's: write it as complete
+                self.save_checkpoint()
         self.student.eval()
         return self.student
 
