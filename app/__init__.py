@@ -1,0 +1,1 @@
+"""The pdmd_lab Gradio app: ``python -m app.app``."""
