@@ -1,0 +1,657 @@
+"""Write the teaching notebooks of ``notebooks/`` from cell lists (nbformat).
+
+Run ``python notebooks/build_notebooks.py`` to (re)write them without outputs, then execute them
+in place (``jupyter nbconvert --to notebook --execute --inplace notebooks/NN_*.ipynb``) so the
+committed copies carry their figures. Cells are ``("md", text)`` or ``("code", source)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+IMPORTS = """%matplotlib inline
+import os
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+import pdmd_lab
+from pdmd_lab import data, embed, flow, metrics, sampling, viz, zoo
+from pdmd_lab.data import get_dataset
+
+FAST = os.environ.get("PDMD_FAST") == "1"  # tests shrink live training; committed notebooks are full runs
+torch.manual_seed(0)
+plt.rcParams["figure.dpi"] = 90"""
+
+MD_TABLE_HELPER = """def markdown_table(rows: dict, columns: list, fmt: str = "{:.3g}") -> str:
+    \"\"\"``rows[name][column]`` as a markdown table (pandas is not a dependency).\"\"\"
+    def cell(v):
+        return fmt.format(v) if isinstance(v, float) else str(v)
+    head = "| method | " + " | ".join(columns) + " |\\n|---|" + "---|" * len(columns) + "\\n"
+    return head + "\\n".join("| " + name + " | " + " | ".join(cell(r.get(c, "")) for c in columns) + " |"
+                             for name, r in rows.items())"""
+
+# ---------------------------------------------------------------------------------------------
+NB01 = [
+    ("md", """# 01 · Flow matching, SNR and the subintervals of Phased DMD
+
+This notebook walks through the conventions every other part of `pdmd_lab` uses (DESIGN.md §1-2):
+
+* the **noise path** of rectified flow, `x_t = (1 - t) x0 + t eps`, with `t = 1` pure noise;
+* the **signal-to-noise ratio** `snr(t) = ((1 - t) / t)^2` and how a **time shift** moves the few steps of a sampler;
+* how Phased DMD cuts the SNR range into **phases** (subintervals), one expert each;
+* the **transition kernel** from level `s` to level `t > s` (paper Eq. 2), and a numerical check that
+  diffusing `p_s` with it lands exactly on `p_t`: the reason the teacher is still the right *real score*
+  for an intermediate phase's outputs.
+
+Everything is computed with library functions (`pdmd_lab.flow`, `pdmd_lab.viz`); a "from scratch" cell is
+always followed by an assertion that it matches the library."""),
+    ("code", IMPORTS),
+    ("md", """## The noise path
+
+Our toy data is `ring-mix`: 8 Gaussian modes on a ring, 4 classes of 3 modes each (neighbouring classes share a
+mode). Rectified flow moves a clean sample `x0` in a straight line towards a Gaussian noise sample `eps`:
+`x_t = (1 - t) x0 + t eps` (`flow.add_noise`). At `t = 0.25` the ring is still visible, by `t = 0.75` it is
+almost gone, and at `t = 1` only noise remains. Colours are classes."""),
+    ("code", """ds = get_dataset("ring-mix")
+gmm = ds.gmm
+x0, y = ds.sample(2000, seed=0)
+eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+panels = {f"t = {t:g}": (flow.add_noise(x0, eps, t), y) for t in (0.0, 0.25, 0.5, 0.75, 1.0)}
+viz.scatter_figure(panels, title="x_t = (1 - t) x0 + t eps on ring-mix")"""),
+    ("md", """## SNR and log-SNR
+
+With `alpha_t = 1 - t` and `sigma_t = t`, the signal-to-noise ratio is `snr(t) = (alpha_t / sigma_t)^2 = ((1 - t) / t)^2`
+and `logsnr(t) = 2 log((1 - t) / t)`. log-SNR runs from `+inf` (data, `t = 0`) to `-inf` (noise, `t = 1`) and
+crosses 0 at `t = 0.5`. The dots mark the 4 uniform Euler step times `1, 0.75, 0.5, 0.25, 0`."""),
+    ("code", """ts4 = flow.step_times(4)
+print("4 uniform step times:", [round(float(t), 3) for t in ts4])
+print("log-SNR at the inner step times:", [round(float(flow.logsnr(t)), 3) for t in ts4[1:-1]])
+viz.snr_figure(step_times=ts4)"""),
+    ("md", """## Time shift
+
+SD3, Wan and Qwen-Image sample with a **time shift** `shift(u; s) = s u / (1 + (s - 1) u)` applied to a uniform grid
+`u`. A shift `s > 1` pushes the steps towards noise (`t` close to 1), where the coarse layout is decided, and leaves
+fewer steps for the fine details near `t = 0`. Below: the 4 step times for shift 1 and shift 3, then the log-SNR
+seen along the schedule position `u` for both shifts, with the shift-3 step times marked."""),
+    ("code", """for shift in (1.0, 3.0):
+    ts = flow.step_times(4, shift)
+    print(f"shift {shift:g}: t =", [round(float(t), 3) for t in ts],
+          " log-SNR =", [round(float(flow.logsnr(t)), 2) for t in ts[1:-1]])
+# shift(u; s) from scratch, checked against the library
+u = torch.linspace(0, 1, 11, dtype=torch.float64)
+s = 3.0
+assert torch.allclose(s * u / (1 + (s - 1) * u), flow.shift_time(u, s))
+viz.snr_figure(step_times=flow.step_times(4, 3.0), shifts=(3.0, 1.0))"""),
+    ("md", """## Phases: subintervals of the SNR range
+
+Phased DMD (Fan et al. 2025) splits the `N` sampling steps into `K` phases with boundaries
+`1 = t_0 > t_1 > ... > t_K = 0`; phase `k` covers `(t_k, t_{k-1}]` and gets its own expert. With `K = N` every
+phase holds one step (the paper's 4-step / 4-phase setting), with `K = 1` it is a single network (plain DMD2-style
+few-step distillation). `flow.phase_boundaries(N, K)` returns the boundaries; the figure places them on the log-SNR
+axis."""),
+    ("code", """for k in (1, 2, 4):
+    print(f"K = {k}: boundaries", [round(float(b), 3) for b in flow.phase_boundaries(4, k)])
+viz.phases_figure(4, phase_counts=(1, 2, 4))"""),
+    ("md", """## The transition kernel from `s` to `t` (paper Eq. 2)
+
+An intermediate phase does not produce clean data: expert `k` outputs `x_{t_k}`, a sample at noise level
+`s = t_k`. To noise it further to `t > s`, the forward process gives
+
+`x_t = a x_s + b eps`,  `a = alpha_t / alpha_s = (1 - t) / (1 - s)`,  `b^2 = sigma_t^2 - a^2 sigma_s^2 = t^2 - a^2 s^2`.
+
+Why: writing `x_s = (1 - s) x0 + s eps_1`, the result `a x_s + b eps` has signal `a (1 - s) x0 = (1 - t) x0` and
+independent Gaussian noise of variance `a^2 s^2 + b^2 = t^2`: exactly the law of `x_t`. First from scratch, then
+against `flow.transition_coefficients` and `flow.transition`."""),
+    ("code", """s, t = 0.3, 0.7
+a_scratch = (1 - t) / (1 - s)
+b_scratch = (t**2 - a_scratch**2 * s**2) ** 0.5
+a_lib, b_lib = flow.transition_coefficients(s, t)
+print(f"scratch: a = {a_scratch:.6f}, b = {b_scratch:.6f}")
+print(f"library: a = {a_lib:.6f}, b = {b_lib:.6f}")
+assert abs(a_scratch - a_lib) < 1e-12 and abs(b_scratch - b_lib) < 1e-12
+
+g = torch.Generator().manual_seed(2)
+x_s = flow.add_noise(x0, torch.randn(x0.shape, generator=g), s)
+eps2 = torch.randn(x0.shape, generator=g)
+x_t_scratch = a_scratch * x_s + b_scratch * eps2
+assert torch.allclose(x_t_scratch, flow.transition(x_s, eps2, s, t), atol=1e-6)
+# at s = 0 the transition is the plain noise path
+assert torch.allclose(flow.transition(x0, eps2, 0.0, t), flow.add_noise(x0, eps2, t))
+print("from-scratch transition matches flow.transition")"""),
+    ("md", """## Diffusing `p_s` lands on `p_t`
+
+The kernel is Markov: diffusing *samples of `p_s`* with it gives *samples of `p_t`*. We check it with the energy
+distance (`metrics.energy_distance`, 0 for equal distributions) between
+
+* `x_t` obtained by noising `x0 -> x_s -> x_t` (transition kernel), and
+* `x_t` drawn directly with `add_noise` from independent data.
+
+The data-vs-data floor (two independent direct draws) shows the value for equal distributions at this sample size
+(the estimator is unbiased, so Monte Carlo noise can push it slightly below 0). A wrong kernel, treating `x_s` as if it
+were clean data (`add_noise(x_s, eps, t)`), lands well above the floor."""),
+    ("code", """n = 2000
+g = torch.Generator().manual_seed(3)
+xa, _ = ds.sample(n, seed=10)
+xb, _ = ds.sample(n, seed=11)
+xc, _ = ds.sample(n, seed=12)
+for s, t in [(0.25, 0.5), (0.5, 0.75), (0.3, 0.9)]:
+    x_s = flow.add_noise(xa, torch.randn(xa.shape, generator=g), s)
+    via_kernel = flow.transition(x_s, torch.randn(xa.shape, generator=g), s, t)
+    direct = flow.add_noise(xb, torch.randn(xb.shape, generator=g), t)
+    direct2 = flow.add_noise(xc, torch.randn(xc.shape, generator=g), t)
+    wrong = flow.add_noise(x_s, torch.randn(xa.shape, generator=g), t)
+    e_kernel = metrics.energy_distance(via_kernel, direct)
+    e_floor = metrics.energy_distance(direct2, direct)
+    e_wrong = metrics.energy_distance(wrong, direct)
+    print(f"s={s:.2f} -> t={t:.2f}:  kernel vs direct {e_kernel:.4f} | data-vs-data floor {e_floor:.4f} "
+          f"| wrong kernel {e_wrong:.4f}")
+    assert abs(e_kernel) < 5e-3, e_kernel  # Monte Carlo noise only"""),
+    ("md", """The kernel's energy distance sits at the data-vs-data floor: `p_s` diffused to `t` *is* `p_t`. This is
+why Phased DMD can keep the teacher as the real score in every phase: the teacher's velocity at `x_t`, `t > s`, is
+the correct score of the diffused version of the distribution the expert should produce at level `s`.
+What changes per phase is the *fake* score, which must be trained on `x_s` samples that are not clean data:
+notebook 02 shows the unbiased target for it."""),
+]
+
+# ---------------------------------------------------------------------------------------------
+NB02 = [
+    ("md", """# 02 · Score matching within subintervals
+
+In phase `k`, Phased DMD's fake score is trained on the expert's outputs `x_s` at level `s = t_k`, noised to
+`t ∈ (s, 1]` with the transition kernel `x_t = a x_s + b eps` (notebook 01). The flow-matching target
+`eps - x0` needs clean data, which we do not have. Two candidates:
+
+* **naive**: `eps - x_s`, treating `x_s` as if it were clean (biased: paper Fig. 2);
+* **unbiased** (paper Eq. 11): `v* = ((t + (1 - t) s^2 / (1 - s)^2) / b) eps - x_s / (1 - s)`,
+  whose conditional mean `E[v* | x_t]` is the true velocity of the diffused distribution; at `s = 0` it reduces to `eps - x0`.
+
+We reproduce the paper's 1D toy: data at `-1, 0, 1, 2`, `x_s` = data diffused to `s = 0.5`, two small fake scores
+trained only on `t ∈ (0.5, 1]`, one per target."""),
+    ("code", IMPORTS + """
+from pdmd_lab.data import GaussianMixture
+from pdmd_lab.distill.losses import fake_score_loss, naive_fake_score_loss
+from pdmd_lab.nets import MLPConfig, MLPDenoiser"""),
+    ("md", """## The toy problem
+
+`p_0` is a mixture of four narrow Gaussians; `p_{0.5}` is it diffused to `s = 0.5`. The oracle velocity
+`GaussianMixture.velocity(x_t, t)` is exact for every `t`, and since the transition kernel is Markov it is also the
+true velocity of `p_{0.5}` diffused to `t > 0.5`: it is the ground truth both fake scores should learn."""),
+    ("code", """gmm = GaussianMixture(means=[[-1.0], [0.0], [1.0], [2.0]], stds=0.05, weights=[[1, 1, 1, 1]])
+S = 0.5
+
+def draw_xs(n, seed):
+    \"\"\"Samples of p_s: data diffused to level S.\"\"\"
+    x0, _ = gmm.sample(n, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    return flow.add_noise(x0, torch.randn(x0.shape, generator=g), S)
+
+def oracle(x, t, class_labels=None):
+    \"\"\"The exact (unconditional) velocity, with the Denoiser call signature.\"\"\"
+    return gmm.velocity(x, t)
+
+x_s = draw_xs(20000, seed=0)
+grid = torch.linspace(-2.5, 3.5, 400)[:, None]
+fig, ax = plt.subplots(figsize=(7, 2.8))
+ax.hist(x_s[:, 0].numpy(), bins=120, density=True, alpha=0.5, label="samples of p_0.5")
+ax.plot(grid[:, 0], gmm.log_prob(grid, t=S).exp(), "k", lw=1.2, label="exact p_0.5")
+ax.set_xlabel("x"); ax.legend(); ax.set_title("the 'generator outputs' x_s at s = 0.5")
+plt.close(fig)
+fig"""),
+    ("md", """## The two targets, from scratch
+
+Eq. 11 written out by hand, checked against `flow.subinterval_velocity_target`; at `s = 0` it must equal the plain
+flow-matching target `eps - x0`."""),
+    ("code", """def unbiased_target_scratch(x_s, eps, s, t):
+    a = (1 - t) / (1 - s)
+    b = (t**2 - a**2 * s**2) ** 0.5
+    return ((t + (1 - t) * s**2 / (1 - s) ** 2) / b) * eps - x_s / (1 - s)
+
+g = torch.Generator().manual_seed(5)
+xs_small = draw_xs(256, seed=3)
+e = torch.randn(xs_small.shape, generator=g)
+for t in (0.55, 0.7, 0.95):
+    assert torch.allclose(unbiased_target_scratch(xs_small, e, S, t),
+                          flow.subinterval_velocity_target(xs_small, e, S, t), atol=1e-5)
+x0_small, _ = gmm.sample(256, seed=4)
+assert torch.allclose(flow.subinterval_velocity_target(x0_small, e, 0.0, 0.7), e - x0_small, atol=1e-6)
+print("Eq. 11 from scratch matches the library; at s = 0 it is eps - x0")"""),
+    ("md", """## Conditional means by Monte Carlo
+
+A regression target `y` teaches a network `E[y | x_t, t]`. So a target is unbiased when its conditional mean
+equals the true velocity. We draw many `(x_s, eps)`, form `x_t`, bin `x_t` into quantile bins at a few fixed `t`,
+and compare the bin means of `target - v_true(x_t)`: they should vanish for the unbiased target (up to Monte Carlo
+error, which grows as `t -> s` because of the `1 / b` factor) and do not for the naive one."""),
+    ("code", """def max_conditional_mean_error(kind, t, n=200_000, bins=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xs = draw_xs(n, seed=seed + 100).double()
+    e = torch.randn(xs.shape, generator=g, dtype=torch.float64)
+    x_t = flow.transition(xs, e, S, t)
+    target = flow.subinterval_velocity_target(xs, e, S, t) if kind == "unbiased" else e - xs
+    resid = (target - gmm.velocity(x_t, t))[:, 0]
+    edges = torch.quantile(x_t[:, 0].float(), torch.linspace(0, 1, bins + 1)).double()
+    idx = torch.bucketize(x_t[:, 0], edges[1:-1])
+    means = torch.stack([resid[idx == i].mean() for i in range(bins)])
+    ses = torch.stack([resid[idx == i].std() / (idx == i).sum().sqrt() for i in range(bins)])
+    return float(means.abs().max()), float((means.abs() / ses).max())
+
+N_MC = 50_000 if FAST else 200_000
+print(f"max over x_t bins of |E[target | x_t] - v_true(x_t)|  ({N_MC} samples per t)")
+print("(z: the largest bin error in Monte Carlo standard errors; |z| of a few is noise)")
+for t in (0.6, 0.7, 0.8, 0.9):
+    (eu, zu), (en, zn) = max_conditional_mean_error("unbiased", t, N_MC), max_conditional_mean_error("naive", t, N_MC)
+    print(f"t = {t}:  unbiased {eu:.4f} (z {zu:.1f})   naive {en:.4f} (z {zn:.1f})")"""),
+    ("md", """## Training two fake scores
+
+Two identical small MLPs (`MLPDenoiser`, 2 residual blocks of width 64), trained with Adam only on
+`t ~ U(0.5, 1)`: one with `fake_score_loss` (the unbiased target with the clamped weight of Eq. 13), one with
+`naive_fake_score_loss` (target `eps - x_s`). Fresh `x_s` every step, as a generator would supply them."""),
+    ("code", """STEPS = 100 if FAST else 300
+BATCH = 256
+
+def train_fake(loss_fn, seed=0):
+    torch.manual_seed(seed)
+    net = MLPDenoiser(MLPConfig(data_dim=1, num_classes=1, hidden=64, depth=2))
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for step in range(STEPS):
+        xs = draw_xs(BATCH, seed=1000 + step)
+        t = flow.sample_t(BATCH, S, 1.0, generator=g)
+        e = torch.randn(xs.shape, generator=g)
+        loss = loss_fn(net, xs, S, t, e, None).mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+        losses.append(loss.item())
+    return net.eval().requires_grad_(False), losses
+
+t0 = time.perf_counter()
+fake_unbiased, loss_u = train_fake(fake_score_loss)
+fake_naive, loss_n = train_fake(naive_fake_score_loss)
+print(f"trained 2 x {STEPS} steps in {time.perf_counter() - t0:.1f} s; "
+      f"final losses: unbiased {np.mean(loss_u[-20:]):.3f}, naive {np.mean(loss_n[-20:]):.3f}")"""),
+    ("md", """## Trajectories from `t = 1` to `t = 0.5`
+
+A fake score is a velocity field on `(0.5, 1]`: integrating it with Euler steps (`sampling.trajectory`) from
+noise should land on `p_{0.5}`. Left, the oracle; middle, the unbiased fake score; right, the naive one. Then the
+histograms of the endpoints `x_{0.5}` against the exact `p_{0.5}`, with the energy distance to true `p_{0.5}`
+samples."""),
+    ("code", """ts = torch.linspace(1.0, S, 41, dtype=torch.float64)
+z = torch.randn(4000, 1, generator=torch.Generator().manual_seed(7))
+fields = {"true (oracle)": oracle, "unbiased target (Eq. 11)": fake_unbiased, "naive target eps - x_s": fake_naive}
+trajs = {name: torch.stack(sampling.trajectory(model, z, ts))[..., 0] for name, model in fields.items()}  # (T, B)
+
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), sharey=True)
+for ax, (name, tr) in zip(axes, trajs.items()):
+    ax.plot(ts.numpy(), tr[:, :80].numpy(), lw=0.6, alpha=0.7)
+    ax.set_title(name, fontsize=10); ax.set_xlabel("t"); ax.invert_xaxis()
+    for m in (-1, 0, 1, 2):
+        ax.axhline((1 - S) * m, color="k", lw=0.5, ls=":")
+axes[0].set_ylabel("x_t")
+fig.suptitle("Euler trajectories t = 1 -> 0.5 (dotted: the modes of p_0.5)")
+plt.close(fig)
+fig"""),
+    ("code", """ref = draw_xs(4000, seed=99)
+fig, axes = plt.subplots(1, 3, figsize=(13, 3), sharey=True)
+for ax, (name, tr) in zip(axes, trajs.items()):
+    end = tr[-1][:, None]
+    ed = metrics.energy_distance(end, ref)
+    ax.hist(end[:, 0].numpy(), bins=100, range=(-2, 2.5), density=True, alpha=0.6)
+    ax.plot(grid[:, 0], gmm.log_prob(grid, t=S).exp(), "k", lw=1)
+    ax.set_xlim(-2, 2.5); ax.set_title(f"{name}\\nenergy distance to p_0.5: {ed:.4f}", fontsize=9)
+    print(f"{name:28s} energy distance to p_0.5 samples: {ed:.4f}")
+print(f"{'data-vs-data floor':28s} {metrics.energy_distance(draw_xs(4000, seed=98), ref):.4f}")
+plt.close(fig)
+fig"""),
+    ("md", """The naive field lands its samples in the wrong places: `eps - x_s` treats the noisy `x_s` as clean data, so
+the learned velocity transports noise onto a distribution that is neither `p_0` nor `p_{0.5}`. The unbiased target
+reproduces the oracle's endpoints. In Phased DMD the fake score estimates the score of the *generator's*
+distribution; a biased one would make the DMD gradient `v_real - v_fake` push the expert towards the wrong
+distribution even when it is already right.
+
+## The clamped weight `min(1, 10 b^2)`
+
+The unbiased target carries a `1 / b` factor, and `b -> 0` as `t -> s`: the target's variance explodes near the
+start of the subinterval. Eq. 13 multiplies the loss by `min(1, 10 b^2)`, which depends on `t` only, so it re-weights
+times without biasing the conditional mean; it fades the noisiest times out and leaves the rest at weight 1."""),
+    ("code", """fig, ax = plt.subplots(figsize=(7, 3.2))
+for s in (0.25, 0.5, 0.75):
+    t = torch.linspace(s + 1e-4, 1.0, 400, dtype=torch.float64)
+    w = flow.subinterval_loss_weight(s, t)
+    _, b = flow.transition_coefficients(s, t)
+    assert torch.allclose(w, torch.clamp(10 * b**2, max=1.0))  # from scratch vs library
+    ax.plot(t, w, label=f"s = {s}: min(1, 10 b²)")
+ax.set_xlabel("t"); ax.set_ylabel("loss weight"); ax.set_ylim(0, 1.05); ax.legend(fontsize=8)
+ax.set_title("clamped fake-score loss weight as t -> s")
+plt.close(fig)
+fig"""),
+]
+
+# ---------------------------------------------------------------------------------------------
+NB03 = [
+    ("md", """# 03 · Mode collapse in 2D: DMD, DMD2-SGTS and Phased DMD
+
+Distribution Matching Distillation minimises a *reverse* KL between the student and the (CFG-guided) teacher. Reverse KL
+is mode-seeking: a student that drops a mode pays little. On `ring-mix` (8 modes on a ring, 4 classes of 3 modes
+with weights 0.5 / 0.3 / 0.2) we can count modes exactly. We distill the **oracle** teacher (exact mixture velocity)
+live with three methods, compare their samples and mode coverage with the teacher's, look at how CFG changes what
+the teacher itself covers, and follow a Phased DMD sample through its experts."""),
+    ("code", IMPORTS + """
+from pdmd_lab.distill import DistillConfig, distill
+
+ITERS = 40 if FAST else 300
+INIT_ITERS = 200 if FAST else 800
+N = 2000
+labels = torch.arange(N) % 4  # classes cycle 0, 1, 2, 3"""),
+    ("md", """## Teacher and data
+
+`zoo.load("ring-mix/teacher")` is the oracle velocity sampled with 50 Euler steps and CFG 3 (standard form
+`v_u + w (v_c - v_u)`). CFG sharpens each class: the teacher's mode weights differ from the data's, so the
+reference for coverage below is the **teacher's** mode histogram (`metrics.mode_histogram`)."""),
+    ("code", """ds = get_dataset("ring-mix")
+gmm = ds.gmm
+teacher = zoo.load("ring-mix/teacher")
+print(teacher.describe())
+x_data = torch.cat([ds.sample(N // 4, seed=c, labels=c)[0] for c in range(4)])  # N // 4 per class
+y_data = torch.arange(4).repeat_interleave(N // 4)
+x_teacher = teacher.sample(labels, seed=0)
+teacher_hist = metrics.mode_histogram(gmm, x_teacher, labels)
+print("teacher mode shares per class (rows: classes, columns: the 8 modes):")
+print(np.round(teacher_hist, 2))
+viz.scatter_figure({"data": (x_data, y_data), "teacher (50 steps, CFG 3)": (x_teacher, labels)}, gmm)"""),
+    ("md", """## Distilling live
+
+One call per method (`pdmd_lab.distill.distill`), same settings: real score = oracle with CFG 3, batch 256,
+learning rates 1e-3, 3 fake-score updates per generator update. The experts and fake scores start from an MLP fitted
+to the oracle (`init_iters`), shared across the runs.
+
+* **DMD**: 1 step, `x0 = z - v_G(z, 1)`;
+* **DMD2-SGTS**: 4 steps of one shared network; a random step carries the gradient;
+* **Phased DMD**: 4 steps, 4 phases; expert `k` is trained against a fresh fake score on its subinterval
+  `(t_k, 1)` with the unbiased subinterval target (notebook 02).
+
+`iters` generator updates in total (Phased DMD splits them over the phases)."""),
+    ("code", """common = dict(teacher="oracle:ring-mix", cfg=3.0, iters=ITERS, batch_size=256, lr_generator=1e-3, lr_fake=1e-3,
+              fake_updates_per_generator_update=3, init_iters=INIT_ITERS)
+runs = {"DMD 1-step": dict(method="dmd", steps=1, phases=1),
+        "DMD2-SGTS 4-step": dict(method="dmd2-sgts", steps=4, phases=1),
+        "Phased DMD 4s/4p": dict(method="phased-dmd", steps=4, phases=4)}
+students, train_time = {}, {}
+for name, spec in runs.items():
+    t0 = time.perf_counter()
+    students[name] = distill(DistillConfig(**common, **spec), progress=True)
+    train_time[name] = time.perf_counter() - t0
+    print(f"{name}: {students[name].describe()}, trained in {train_time[name]:.0f} s")"""),
+    ("md", """## Samples per class
+
+Same class labels and seeds for every method. Black crosses are the 8 modes with their 3-std circles."""),
+    ("code", """samples = {"teacher": (x_teacher, labels)}
+samples.update({name: (st.sample(labels, seed=0), labels) for name, st in students.items()})
+viz.scatter_figure(samples, gmm, title="live-distilled students vs teacher (classes coloured)")"""),
+    ("md", """## Mode coverage
+
+`metrics.mode_coverage` counts, per class, the expected modes that hold at least 2% of that class's samples
+(within 3 stds), the share of samples near any mode (`high_quality`), and the KL of the class's mode histogram
+against the teacher's (`reference_weights`). A collapsed student covers fewer modes and has a large KL."""),
+    ("code", MD_TABLE_HELPER + """
+
+from IPython.display import Markdown, display
+
+def coverage_row(x, lab):
+    cov = metrics.mode_coverage(gmm, x, lab, reference_weights=teacher_hist)
+    return {"modes covered": f"{cov['modes_covered']}/{cov['modes_expected']}", "coverage": cov["coverage"],
+            "high quality": cov["high_quality"], "KL vs teacher": cov["kl"]}
+
+table = {name: coverage_row(x, lab) for name, (x, lab) in samples.items()}
+display(Markdown(markdown_table(table, ["modes covered", "coverage", "high quality", "KL vs teacher"])))"""),
+    ("md", """## The real score's CFG scale and collapse
+
+The distillation target is the *guided* teacher. Guidance already moves mass toward each class's most
+class-specific mode: the shared modes (the light 0.2 mode of one class is the heavy 0.5 mode of its neighbour) are
+penalised by `v_u + w (v_c - v_u)` for `w > 1`. Below, the teacher itself at CFG 1, 3 and 6, its coverage and its KL
+to the *data's* mode weights: the higher the scale, the fewer modes the target has, before any distillation."""),
+    ("code", """cfg_samples, cfg_table = {}, {}
+for w in (1.0, 3.0, 6.0):
+    x_w = zoo.load("ring-mix/teacher", cfg=w).sample(labels, seed=0)
+    cfg_samples[f"teacher CFG {w:g}"] = (x_w, labels)
+    cov = metrics.mode_coverage(gmm, x_w, labels)  # reference: the data's mode weights
+    cfg_table[f"teacher CFG {w:g}"] = {"modes covered": f"{cov['modes_covered']}/{cov['modes_expected']}",
+                                       "coverage": cov["coverage"], "KL vs data": cov["kl"]}
+display(Markdown(markdown_table(cfg_table, ["modes covered", "coverage", "KL vs data"])))
+viz.scatter_figure(cfg_samples, gmm)"""),
+    ("md", """## Phase by phase
+
+A Phased DMD student is a mixture of experts routed by time: the step starting at `t ∈ (t_k, t_{k-1}]` uses expert
+`k`. `student.sample(..., return_trajectory=True)` returns every state `x_{t_0} = z, x_{t_1}, ..., x_{t_4}`.
+The trajectory figure colours each segment by the expert that moved it; the scatter shows each intermediate output
+`x_{t_k}` (which should look like the teacher's distribution diffused to `t_k`)."""),
+    ("code", """pd = students["Phased DMD 4s/4p"]
+lab_small = labels[:300]
+x_end, traj = pd.sample(lab_small, seed=1, return_trajectory=True)
+experts_used = [pd.expert_index(float(t)) for t in pd.step_times[:-1]]
+print("step times:", [round(float(t), 3) for t in pd.step_times], " experts per step:", experts_used)
+viz.trajectory_figure(traj[:], experts_used, gmm=gmm, labels=lab_small, step_times=pd.step_times)"""),
+    ("code", """viz.scatter_figure({f"x_(t={float(t):.2f})" + ("" if i == 0 else f" after expert {experts_used[i - 1] + 1}"):
+                    (traj[i], lab_small) for i, t in enumerate(pd.step_times)}, gmm, max_cols=5)"""),
+    ("md", """## The shipped ring-mix students
+
+`assets/models/ring-mix/` holds students distilled the same way but longer (600 generator updates). They load by name
+with `zoo.load`; below all that are present, with the same labels and seed, and their coverage table."""),
+    ("code", """shipped = [n for n in zoo.list_models() if n.startswith("ring-mix/") and n != "ring-mix/teacher"]
+print("shipped:", shipped)
+shipped_samples = {"teacher": (x_teacher, labels)}
+for name in shipped:
+    model = zoo.load(name)
+    shipped_samples[name.split("/")[1]] = (model.sample(labels, seed=0), labels)
+shipped_table = {name: coverage_row(x, lab) for name, (x, lab) in shipped_samples.items()}
+display(Markdown(markdown_table(shipped_table, ["modes covered", "coverage", "high quality", "KL vs teacher"])))
+viz.scatter_figure(shipped_samples, gmm, max_cols=6)"""),
+    ("md", """**Reading the results.** A 1-step DMD student has to map all of the noise to the modes in one jump, and its
+reverse-KL objective lets it drop light modes, so its KL to the teacher is typically the largest. DMD2-SGTS spreads the
+work over 4 steps of one network. Phased DMD gives every SNR subinterval its own expert and trains each against the
+correct (diffused) target, so the low-SNR expert decides the *layout* (which mode) and later experts refine: its mode
+histogram stays closest to the teacher's. With short live runs the numbers are noisy; the shipped students (longer
+training) show the trend more clearly."""),
+]
+
+# ---------------------------------------------------------------------------------------------
+MNIST_NAMES = """STUDENTS = ["mnist/dmd-1s", "mnist/dmd2-sgts-4s", "mnist/phased-dmd-4s4p", "mnist/phased-dmd-4s2p", "mnist/dp-dmd-4s"]
+available = zoo.list_models()
+missing = [n for n in STUDENTS if n not in available]
+if missing:
+    print("not shipped yet (skipped):", missing)
+teacher = zoo.load("mnist/teacher")
+models = {"teacher 50 steps": teacher, "teacher 4 steps": teacher.with_steps(4)}
+models.update({n.split("/")[1]: zoo.load(n) for n in STUDENTS if n in available})
+for name, m in models.items():
+    print(f"{name:18s} {m.describe():45s} NFE {m.nfe}")"""
+
+NB04 = [
+    ("md", """# 04 · Phased DMD on MNIST
+
+The shipped MNIST models: a small class-conditional UNet teacher (flow matching, sampled with CFG 3) and students
+distilled from it with DMD (1 step), DMD2-SGTS (4 steps), Phased DMD (4 steps with 4 or 2 phases) and DP-DMD (4 steps).
+We compare them sample by sample from *identical noise*, follow one sample through the four experts, and time them."""),
+    ("code", IMPORTS),
+    ("md", """## Loading by name
+
+Every model loads with `zoo.load(name)` and samples with `model.sample(class_labels, seed, noise=...)`.
+The teacher comes back as a `TeacherSampler` (50 Euler steps, CFG 3); `.with_steps(4)` is the same teacher with only
+4 steps: the baseline a 4-step student has to beat. NFE counts network evaluations (CFG doubles the teacher's)."""),
+    ("code", MNIST_NAMES),
+    ("md", """## Same noise, same class, every method
+
+Each column is one class (0-9) with one fixed noise tensor, passed as `noise=` to every model, so rows compare one to
+one. The caption gives the NFE."""),
+    ("code", """shape = teacher.shape
+noise = torch.randn((10, *shape), generator=torch.Generator().manual_seed(0))
+classes = torch.arange(10)
+rows = {name: m.sample(classes, noise=noise) for name, m in models.items()}
+viz.image_grid_figure(rows, captions={n: f"NFE {m.nfe}" for n, m in models.items()},
+                      column_labels=[f"class {c}" for c in range(10)], title="same noise per column")"""),
+    ("md", """## Diversity within a class
+
+Now one class (3) with 10 different noises. A mode-collapsed student draws near-identical digits whatever the
+noise; the teacher's 3s vary in slant, thickness and shape."""),
+    ("code", """noise3 = torch.randn((10, *shape), generator=torch.Generator().manual_seed(1))
+threes = torch.full((10,), 3)
+rows3 = {name: m.sample(threes, noise=noise3) for name, m in models.items()}
+viz.image_grid_figure(rows3, captions={n: f"NFE {m.nfe}" for n, m in models.items()}, title="class 3, 10 noises")"""),
+    ("md", """## One sample through the experts
+
+`return_trajectory=True` gives the states after every step; the figure titles each state with its `t` and the
+expert that produced it (`student.expert_index(t)` of the step's start time). With 4 phases each step has its own
+expert; with 2 phases two experts share the 4 steps. The first expert fixes the digit's layout from pure noise, the
+later ones sharpen strokes."""),
+    ("code", """lab6 = torch.arange(6)
+noise6 = torch.randn((6, *shape), generator=torch.Generator().manual_seed(2))
+figs = []
+for name in ("phased-dmd-4s4p", "phased-dmd-4s2p"):
+    if name not in models:
+        continue
+    st = models[name]
+    _, traj = st.sample(lab6, noise=noise6, return_trajectory=True)
+    fig = viz.trajectory_figure(traj, [st.expert_index(float(t)) for t in st.step_times[:-1]],
+                                labels=lab6, step_times=st.step_times)
+    fig.suptitle(name, fontsize=10)
+    display(fig)
+    plt.close(fig)"""),
+    ("md", """The same view for the 4-step teacher (one network, plain Euler steps) shows what the experts avoid: with only
+4 steps the teacher's `x0` is a blur, because a plain flow model averages over everything that could come next."""),
+    ("code", """t4 = models["teacher 4 steps"]
+_, traj = t4.sample(lab6, noise=noise6, return_trajectory=True)
+viz.trajectory_figure(traj, [0] * t4.num_steps, labels=lab6, step_times=t4.step_times)"""),
+    ("md", """## Speed
+
+Wall time per batch of 32 images on this machine's CPU, measured with `time.perf_counter` (median of 3 runs after a
+warm-up). Students cost their number of steps in network evaluations; the teacher pays twice per step for CFG."""),
+    ("code", """def time_batch(model, batch=32, repeats=3):
+    lab = torch.arange(batch) % 10
+    model.sample(lab, seed=0)  # warm-up
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        model.sample(lab, seed=r)
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+speed = {name: {"NFE": m.nfe, "ms / batch of 32": time_batch(m, repeats=1 if FAST else 3)} for name, m in models.items()}
+base = speed["teacher 50 steps"]["ms / batch of 32"]
+print(f"{'model':18s} {'NFE':>4s} {'ms/batch':>10s} {'speed-up':>9s}")
+for name, r in speed.items():
+    print(f"{name:18s} {r['NFE']:4d} {r['ms / batch of 32']:10.1f} {base / r['ms / batch of 32']:8.1f}x")"""),
+]
+
+# ---------------------------------------------------------------------------------------------
+NB05 = [
+    ("md", """# 05 · Diversity in embedding space
+
+On images we cannot count modes as on `ring-mix`. Instead we embed samples with a small MNIST classifier
+(`embed.load_classifier`, its penultimate features) and measure diversity there:
+
+* **pairwise cosine similarity** within a class (higher = samples look alike = less diverse);
+* **Vendi score** within a class (effective number of distinct samples; higher = more diverse);
+* **recall** and **coverage** against the teacher's samples (`metrics.prdc`): how much of the teacher's
+  distribution the student reaches; **precision** and **density** measure fidelity.
+
+*Mode collapse* here looks like: high within-class cosine similarity, a low Vendi score, tight clusters in the
+projections, and low recall/coverage while precision stays high (the samples are good digits, just always the same ones)."""),
+    ("code", IMPORTS),
+    ("md", """## Samples and features
+
+`N` samples per method with classes cycling 0..9, plus held-out real MNIST digits as a second reference."""),
+    ("code", MNIST_NAMES + """
+
+clf = embed.load_classifier(zoo.ASSETS / "mnist/classifier")
+N = 100 if FAST else 200  # per method; the 50-step teacher dominates the time
+labels = torch.arange(N) % 10
+images = {}
+t0 = time.perf_counter()
+for name, m in models.items():
+    images[name] = m.sample(labels, seed=0)
+x_real, y_real = get_dataset("mnist").sample(N, seed=0, labels=None)
+print(f"sampled {N} per method in {time.perf_counter() - t0:.0f} s")"""),
+    ("code", """feats = {name: embed.embed(clf, x) for name, x in images.items()}
+feats["data (held-out)"] = embed.embed(clf, x_real)
+class_of = {name: labels for name in images}
+class_of["data (held-out)"] = y_real
+acc = {name: metrics.class_accuracy(clf.predict(x), labels) for name, x in images.items()}
+print("classifier agrees with the requested class:", {k: round(v, 3) for k, v in acc.items()})
+print("feature dimension:", feats["teacher 50 steps"].shape[1])"""),
+    ("md", """## Projections
+
+All methods are projected together (so the axes are shared), then drawn coloured by method (left) and by class
+(right). PCA is linear and keeps global distances; t-SNE keeps neighbourhoods, so class clusters separate and a
+collapsed method shows up as small, dense blobs inside each class cluster."""),
+    ("code", """names = list(feats)
+all_feats = torch.cat([feats[n] for n in names])
+all_methods = [n for n in names for _ in range(len(feats[n]))]
+all_labels = torch.cat([torch.as_tensor(class_of[n]) for n in names])
+viz.embedding_figure(embed.project(all_feats, "pca"), all_methods, all_labels, title="PCA of classifier features")"""),
+    ("code", """viz.embedding_figure(embed.project(all_feats, "tsne", seed=0), all_methods, all_labels,
+                     title="t-SNE of classifier features")"""),
+    ("md", """## Metrics against the teacher
+
+Per method: mean over classes of the within-class pairwise cosine similarity and Vendi score
+(`metrics.per_class`), and precision / recall / density / coverage with the 50-step teacher's samples as the
+reference (`metrics.prdc`, k = 5)."""),
+    ("code", MD_TABLE_HELPER + """
+
+from IPython.display import Markdown, display
+
+ref = feats["teacher 50 steps"]
+table = {}
+for name, f in feats.items():
+    cos = metrics.per_class(metrics.pairwise_cosine_similarity, f, class_of[name])
+    vendi = metrics.per_class(metrics.vendi_score, f, class_of[name])
+    row = {"cosine sim (within class)": float(np.mean(list(cos.values()))),
+           "Vendi (within class)": float(np.mean(list(vendi.values())))}
+    row.update(metrics.prdc(ref, f, k=5))
+    table[name] = row
+cols = ["cosine sim (within class)", "Vendi (within class)", "precision", "recall", "density", "coverage"]
+display(Markdown(markdown_table(table, cols)))"""),
+    ("code", """viz.metrics_bar_figure(table, ["cosine sim (within class)", "Vendi (within class)", "recall", "coverage"],
+                       title="diversity vs the 50-step teacher")"""),
+    ("md", """**What mode collapse looks like here.** Compare each student's row with the teacher's: a collapsed student
+has a *higher* within-class cosine similarity and a *lower* Vendi score than the teacher, and its recall and coverage
+against the teacher drop (it reaches only part of the teacher's distribution) while precision can stay high. The
+teacher scores perfectly against itself (recall = coverage = 1), and the held-out data row shows how far a model can
+sit from the teacher while being real. The 4-step teacher is the undistilled speed baseline:
+its failure is fidelity (blurry strokes, see notebook 04), not collapse. The grid in notebook 04 (class 3, ten noises)
+shows diversity by eye."""),
+]
+
+NOTEBOOKS = {
+    "01_flow_matching_and_snr.ipynb": NB01,
+    "02_score_matching_within_subintervals.ipynb": NB02,
+    "03_mode_collapse_2d.ipynb": NB03,
+    "04_phased_dmd_on_mnist.ipynb": NB04,
+    "05_diversity_embeddings.ipynb": NB05,
+}
+
+
+def build(name: str, cells) -> nbformat.NotebookNode:
+    nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def main(only=None) -> None:
+    for name, cells in NOTEBOOKS.items():
+        if only and not any(o in name for o in only):
+            continue
+        nbformat.write(build(name, cells), HERE / name)
+        print("wrote", HERE / name)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
