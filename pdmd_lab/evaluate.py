@@ -236,13 +236,7 @@ def evaluate_models(names: list[str], n: int = 1000, *, reference: str | None = 
     floor_keys = ("frechet_distance", "energy_distance", "precision", "recall", "density", "coverage")
     result = {"family": family, "n": n, "batch_size": batch_size, "seed": seed, "reference": ref_name,
               "floor": {k: v for k, v in scores[ref_name].items() if k in floor_keys}, "rows": rows}
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(_json_ready(result), indent=2))
-        (out / "metrics.md").write_text(markdown_table(result))
-        result["paths"] = {"json": str(out / "metrics.json"), "markdown": str(out / "metrics.md")}
-    return result
+    return _write_outputs(result, out, "metrics", markdown_table)
 
 
 def _json_ready(obj):
@@ -405,13 +399,7 @@ def bench(quick: bool = False, out: Path | None = None, *, progress: bool = Fals
     result = {"quick": quick, "family": family, "sampling_batch": batch, "sampling": sampling,
               "memory_batch": mem_batch, "memory_net": "mnist teacher UNet" if family == "mnist" else "fresh UNet",
               "memory": memory, "threads": torch.get_num_threads()}
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench.json").write_text(json.dumps(_json_ready(result), indent=2))
-        (out / "bench.md").write_text(bench_markdown(result))
-        result["paths"] = {"json": str(out / "bench.json"), "markdown": str(out / "bench.md")}
-    return result
+    return _write_outputs(result, out, "bench", bench_markdown)
 
 
 def bench_markdown(result: dict) -> str:
@@ -479,3 +467,14 @@ class DiversityMonitor:
         if ds.gmm is not None:
             logs["div_saturation"] = float((ds.gmm.assign_modes(x) < 0).double().mean())
         return logs
+
+
+def _write_outputs(result: dict, out, stem: str, to_markdown) -> dict:
+    """Write ``STEM.json`` and ``STEM.md`` into ``out`` (when given) and record their paths in ``result``."""
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.json").write_text(json.dumps(_json_ready(result), indent=2))
+        (out / f"{stem}.md").write_text(to_markdown(result))
+        result["paths"] = {"json": str(out / f"{stem}.json"), "markdown": str(out / f"{stem}.md")}
+    return result

@@ -101,8 +101,7 @@ def test_pyproject(pyproject):
 
 def test_console_script_installed():
     eps = [ep for ep in metadata.entry_points(group="console_scripts") if ep.name == "pdmd-lab"]
-    if not eps:
-        pytest.skip("pdmd_lab is not pip-installed in this environment")
+    assert eps, "the pdmd-lab console script is not installed: run `make install` (pip install -e .)"
     assert eps[0].value == "pdmd_lab.cli:main"
 
 
