@@ -6,6 +6,8 @@ Bad input (ValueError) becomes one line on stderr and exit code 2, never a trace
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -37,7 +39,7 @@ def cmd_sample(a) -> None:
         raise ValueError(f"--cfg must be >= 0, got {a.cfg}")
     if a.steps is not None and a.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {a.steps}")
-    model = zoo.load(a.model, steps=a.steps, cfg=a.cfg)
+    model = zoo.load(a.model, steps=a.steps, cfg=a.cfg, strict=True)
     if a.label is not None and not 0 <= a.label < model.num_classes:
         raise ValueError(f"--label must be in [0, {model.num_classes - 1}], got {a.label}")
     labels = torch.arange(a.n) % model.num_classes if a.label is None else torch.full((a.n,), a.label)
@@ -48,22 +50,83 @@ def cmd_sample(a) -> None:
 
 
 def cmd_distill(a) -> None:
-    from pdmd_lab.distill import DistillConfig, Distiller
+    from pdmd_lab.distill import DistillConfig, build_distiller
+    from pdmd_lab.recipes import get_recipe
 
-    image = not a.teacher.startswith("oracle:")
-    steps = a.steps if a.steps is not None else (1 if a.method == "dmd" else 4)
-    cfg = DistillConfig(
-        teacher=a.teacher, method=a.method, steps=steps, phases=a.phases if a.method == "phased-dmd" else 1,
-        cfg=a.cfg, iters=a.iters, weighting=a.weighting or ("dmd2" if image else "paper"), shift=a.shift,
-        batch_size=a.batch_size or (32 if image else 256), lr_generator=a.lr or (5e-5 if image else 1e-3),
-        lr_fake=a.lr_fake or (1e-4 if image else 1e-3),
-        fake_updates_per_generator_update=a.fake_updates or (2 if image else 5), seed=a.seed,
-        checkpoint_every=a.checkpoint_every, init_iters=a.init_iters)
+    flat: dict = {}
+    if a.recipe:
+        flat = get_recipe(a.recipe)
+        if flat.pop("kind") != "student":
+            raise ValueError(f"recipe {a.recipe!r} does not build a student; use train-teacher / train-classifier")
+    elif not (a.teacher and a.method):
+        raise ValueError("give --recipe NAME, or --teacher and --method")
+    given = {k: v for k, v in vars(a).items() if k in _DISTILL_FIELDS | _option_fields() and v is not None}
+    if a.recipe and "method" in given and given["method"] != flat["method"]:
+        raise ValueError(f"recipe {a.recipe!r} is method {flat['method']!r}; --method {given['method']} contradicts it")
+    flat.update(given)
+    flat.setdefault("steps", 1 if flat.get("method") == "dmd" else 4)
+    cfg = DistillConfig.from_flat(**flat)
     out = Path(a.out)
     if (out / "train_state").exists() and not a.resume:
         raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    Distiller(cfg, out, command=_command_line()).train()
-    print(f"student written to {out}")
+    d = build_distiller(cfg, out, command=_command_line())
+    d.train()
+    if d.accelerator.is_main_process:
+        print(f"student written to {out}")
+
+
+def cmd_recipes(a) -> None:
+    from pdmd_lab.recipes import RECIPES, describe
+
+    for name in RECIPES:
+        if a.filter is None or a.filter in name:
+            print(describe(name))
+
+
+_DISTILL_FIELDS = {"teacher", "method", "steps", "shift", "cfg", "iters", "batch_size", "lr_generator", "lr_fake",
+                   "fake_updates_per_generator_update", "grad_clip", "seed", "checkpoint_every", "init_iters"}
+
+
+def _methods() -> dict:
+    from pdmd_lab.distill import METHODS
+    from pdmd_lab.distill.methods import load_plugins
+
+    load_plugins()
+    return METHODS
+
+
+def _option_fields() -> set[str]:
+    return {f.name for m in _methods().values() for f in dataclasses.fields(m.Options)}
+
+
+def _parse_type(field):
+    kind = str(field.type)
+    if "bool" in kind:
+        return lambda v: {"true": True, "1": True, "false": False, "0": False}[v.lower()]
+    if "float" in kind:
+        return float
+    if "int" in kind:
+        return int
+    return str
+
+
+def _add_method_options(parser) -> None:
+    """One flag per method option (``--dp-lambda``...), grouped by the methods that have it."""
+    owners: dict[str, list] = {}
+    for m in _methods().values():
+        for f in dataclasses.fields(m.Options):
+            owners.setdefault(f.name, []).append((m.name, f))
+    groups: dict[tuple, list[str]] = {}
+    for opt, ms in owners.items():
+        groups.setdefault(tuple(n for n, _ in ms), []).append(opt)
+    for names, opts in groups.items():
+        g = parser.add_argument_group(f"options of {', '.join(names)}")
+        for opt in opts:
+            defaults = {n: f.default for n, f in owners[opt]}
+            shown = (next(iter(defaults.values())) if len(set(map(repr, defaults.values()))) == 1
+                     else ", ".join(f"{n} {d}" for n, d in defaults.items()))
+            g.add_argument("--" + opt.replace("_", "-"), dest=opt, type=_parse_type(owners[opt][0][1]), default=None,
+                           help=f"default: {shown}")
 
 
 def cmd_train_classifier(a) -> None:
@@ -99,8 +162,7 @@ def load_row(name: str):
     """``family/model@steps``: a shipped model, teachers cut to ``steps`` Euler steps."""
     from pdmd_lab import zoo
 
-    base, _, steps = name.partition("@")
-    return zoo.load(base, steps=int(steps) if steps else None)
+    return zoo.load(name)
 
 
 def cmd_figures(a) -> None:
@@ -142,15 +204,40 @@ def cmd_evaluate(a) -> None:
 
 
 def cmd_bench(a) -> None:
-    from pdmd_lab import evaluate
+    from pdmd_lab import bench
 
-    res = evaluate.bench(quick=a.quick, out=Path(a.out) if a.out else None)
-    print(evaluate.bench_markdown(res))
+    res = bench.bench(quick=a.quick, out=Path(a.out) if a.out else None)
+    print(bench.bench_markdown(res))
+
+
+def default_threads() -> int:
+    if os.environ.get("PDMD_THREADS"):
+        return int(os.environ["PDMD_THREADS"])
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def set_threads(n: int | None) -> None:
+    import torch
+
+    n = default_threads() if n is None else n
+    if n < 1:
+        raise SystemExit(f"pdmd-lab: error: --threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (``pdmd-lab distill: error: ...``) and exit code 2, no usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pdmd-lab", description="Few-step distillation kit: Phased DMD and baselines.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="pdmd-lab", description="Few-step distillation kit: Phased DMD and baselines.")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: half the cores, at most 4; $PDMD_THREADS overrides). "
+                        "Small nets on a shared machine run many times slower with more threads than cores free")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("train-teacher", help="train a flow-matching teacher (accelerate; resumable)")
     s.add_argument("--data", required=True, help="dataset name (see pdmd_lab.data.DATASETS)")
@@ -174,24 +261,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("distill", help="distill a teacher into a few-step student (resumable)")
-    s.add_argument("--teacher", required=True, help="oracle:<2d-dataset> or a teacher folder")
-    s.add_argument("--method", required=True, help="dmd, dmd2-sgts, phased-dmd or dp-dmd")
+    s.add_argument("--recipe", default=None, help="a named recipe (`pdmd-lab recipes`): the shipped settings; "
+                   "flags given as well override it")
+    s.add_argument("--teacher", default=None, help="oracle:<dataset>, a teacher folder, or a registered spec")
+    s.add_argument("--method", default=None, choices=list(_methods()), help="the distillation method")
     s.add_argument("--steps", type=int, default=None, help="student steps (default 1 for dmd, else 4)")
-    s.add_argument("--phases", type=int, default=4, help="Phased DMD phases (must divide --steps)")
-    s.add_argument("--cfg", type=float, default=3.0, help="CFG scale of the real score (1 = none)")
-    s.add_argument("--iters", type=int, default=1000, help="generator updates in total")
-    s.add_argument("--weighting", choices=["paper", "dmd2"], default=None)
-    s.add_argument("--shift", type=float, default=1.0, help="time shift of the step times")
-    s.add_argument("--batch-size", type=int, default=None)
-    s.add_argument("--lr", type=float, default=None, help="generator learning rate")
-    s.add_argument("--lr-fake", type=float, default=None)
-    s.add_argument("--fake-updates", type=int, default=None, help="fake-score updates per generator update")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--checkpoint-every", type=int, default=100)
-    s.add_argument("--init-iters", type=int, default=2000, help="oracle teachers: iterations of the init fit")
+    s.add_argument("--shift", type=float, default=None, help="time shift of the student's step times")
+    s.add_argument("--cfg", type=float, default=None, help="CFG scale of the real score (1 = none)")
+    s.add_argument("--iters", type=int, default=None, help="generator updates in total")
+    s.add_argument("--batch-size", type=int, default=None, help="global batch (split over processes)")
+    s.add_argument("--lr-generator", "--lr", dest="lr_generator", type=float, default=None)
+    s.add_argument("--lr-fake", type=float, default=None, help="learning rate of the critic")
+    s.add_argument("--fake-updates", dest="fake_updates_per_generator_update", type=int, default=None,
+                   help="critic updates per generator update")
+    s.add_argument("--grad-clip", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--checkpoint-every", type=int, default=None)
+    s.add_argument("--init-iters", type=int, default=None, help="oracle teachers: iterations of the starting fit")
+    _add_method_options(s)
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_distill)
+
+    s = sub.add_parser("recipes", help="list the named recipes every shipped model is built from")
+    s.add_argument("filter", nargs="?", default=None, help="only names containing this")
+    s.set_defaults(func=cmd_recipes)
 
     s = sub.add_parser("train-classifier", help="train the CNN whose features measure diversity")
     s.add_argument("--data", default="mnist")
@@ -232,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    set_threads(a.threads)
     try:
         a.func(a)
     except ValueError as e:

@@ -161,10 +161,10 @@ def train_classifier(config: ClassifierConfig, out: str | Path, progress: bool =
 
 def load_classifier(path: str | Path, device="cpu") -> Classifier:
     """A trained classifier in eval mode; missing, corrupt or non-classifier folders raise ValueError."""
-    cfg = io.read_config(path)
-    if cfg.get("kind") != "classifier":
-        raise ValueError(f"{str(path)!r} is not a classifier folder "
-                         f"(its config says kind={cfg.get('kind')!r})")
+    return io.load_folder(path, device=device, kinds=("classifier",))
+
+
+def _classifier_from_folder(path, cfg: dict, device) -> Classifier:
     try:
         model = Classifier(**cfg["net"])
     except (KeyError, TypeError) as e:
@@ -172,6 +172,9 @@ def load_classifier(path: str | Path, device="cpu") -> Classifier:
     io.load_weights(model, io.read_tensors(path, "model"), str(path))
     model.dataset = cfg.get("dataset", "")
     return model.eval().requires_grad_(False).to(device)
+
+
+io.register_kind("classifier", _classifier_from_folder)
 
 
 # Features and projections ---------------------------------------------------------------------

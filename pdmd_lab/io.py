@@ -152,3 +152,49 @@ def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
         pid, k = key.split(".", 1)
         state.setdefault(int(pid), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# One loader for every folder kind ----------------------------------------------------------------
+# A model folder is ``config.json`` (with ``kind``) plus safetensors files, in the spirit of diffusers'
+# ``save_pretrained`` / ``from_pretrained``. Each kind registers how it is rebuilt; ``load_folder``
+# reads the config once and dispatches, so teachers, students, classifiers and adapters share one path.
+LOADERS: dict = {}
+
+
+def register_kind(kind: str, loader) -> None:
+    """``loader(path, config, device)`` rebuilds a folder whose config says ``kind``."""
+    LOADERS[kind] = loader
+
+
+def load_folder(path, *, device="cpu", kinds: tuple[str, ...] | None = None):
+    """Load any model folder of this kit by its ``kind``; ``kinds`` restricts what is accepted."""
+    cfg = read_config(path)
+    kind = cfg.get("kind")
+    if kinds is not None and kind not in kinds:
+        want = " or ".join(kinds)
+        raise ValueError(f"{str(path)!r} is not a {want} folder (its config says kind={kind!r})")
+    if kind not in LOADERS:
+        _import_loaders()
+    if kind not in LOADERS:
+        raise ValueError(f"{str(path)!r} holds an unknown kind {kind!r}; known: {', '.join(sorted(LOADERS))}")
+    return LOADERS[kind](path, cfg, device)
+
+
+def _import_loaders() -> None:
+    """Import the modules that register the kit's kinds (they register on import)."""
+    import importlib
+
+    for mod in ("pdmd_lab.student", "pdmd_lab.teacher", "pdmd_lab.embed", "pdmd_lab.discrete",
+                "pdmd_lab.backbones"):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+
+
+def save_weights_file(path, state: dict[str, torch.Tensor]) -> None:
+    """Write one safetensors file atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, path)

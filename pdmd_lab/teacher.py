@@ -227,13 +227,21 @@ def load_teacher(spec: str | Path, device="cpu") -> Denoiser:
             oracles = ", ".join(n for n, d in DATASETS.items() if d.gmm is not None)
             raise ValueError(f"no oracle for dataset {name!r}: only Gaussian mixtures have one ({oracles})")
         return OracleTeacher(ds.gmm, name)
-    cfg = io.read_config(spec)
-    if cfg.get("kind") != "teacher":
-        raise ValueError(f"{spec!r} is not a teacher folder (its config says kind={cfg.get('kind')!r})")
+    if spec.startswith("zoo:"):
+        from pdmd_lab.zoo import ASSETS
+
+        spec = str(ASSETS / spec.split(":", 1)[1])
+    return io.load_folder(spec, device=device, kinds=("teacher",))
+
+
+def _teacher_from_folder(path, cfg: dict, device) -> Denoiser:
     net = build_net(cfg["net"])
-    io.load_weights(net, io.read_tensors(spec, "model"), spec)
+    io.load_weights(net, io.read_tensors(path, "model"), str(path))
     net.dataset = cfg["dataset"]
     return net.eval().requires_grad_(False).to(device)
+
+
+io.register_kind("teacher", _teacher_from_folder)
 
 
 def teacher_dataset(teacher) -> str:

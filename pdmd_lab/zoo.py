@@ -17,44 +17,41 @@ from tqdm.auto import tqdm
 
 from pdmd_lab import io
 from pdmd_lab.data import get_dataset
+from pdmd_lab.recipes import RECIPES, TEACHER_CFG
 from pdmd_lab.student import Student, TeacherSampler
 from pdmd_lab.teacher import load_teacher
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 RUNS = Path("runs/zoo")
-TEACHER_CFG = {"ring-mix": 3.0, "mnist": 3.0}  # CFG of the real score, for teachers and distillation
 
 
 @dataclass
 class Entry:
-    """One shipped model and how to build it."""
+    """One shipped model and the recipe it is built from (:mod:`pdmd_lab.recipes`)."""
 
     name: str
     kind: str  # "teacher" | "classifier" | "student"
     args: dict = field(default_factory=dict)
 
 
-def _students(family: str, teacher: str, common: dict, overrides: dict | None = None) -> list[Entry]:
-    overrides = overrides or {}
-    specs = [("phased-dmd-4s4p", "phased-dmd", 4, 4), ("dmd-1s", "dmd", 1, 1), ("dmd2-sgts-4s", "dmd2-sgts", 4, 1),
-             ("phased-dmd-4s2p", "phased-dmd", 4, 2), ("dp-dmd-4s", "dp-dmd", 4, 1)]
-    return [Entry(f"{family}/{n}", "student", {"teacher": teacher, "method": m, "steps": s, "phases": p,
-                                                "cfg": TEACHER_CFG[family], **common, **overrides.get(n, {})})
-            for n, m, s, p in specs]
+ENTRIES: list[Entry] = [Entry(name, r["kind"], {k: v for k, v in r.items() if k != "kind"})
+                        for name, r in RECIPES.items() if not name.startswith("study/")]
 
 
-ENTRIES: list[Entry] = [
-    *_students("ring-mix", "oracle:ring-mix", {"iters": 600, "batch_size": 256, "lr_generator": 1e-3,
-                                               "lr_fake": 1e-3, "fake_updates_per_generator_update": 3}),
-    Entry("mnist/teacher", "teacher", {"data": "mnist", "iters": 4500, "batch_size": 64, "lr": 1e-3}),
-    Entry("mnist/classifier", "classifier", {"data": "mnist"}),
-    *_students("mnist", str(RUNS / "mnist/teacher"), {"iters": 240, "batch_size": 32, "lr_generator": 1e-4,
-                                                       "lr_fake": 2e-4, "fake_updates_per_generator_update": 2,
-                                                       "weighting": "dmd2", "dp_anchor_steps": 2},
-              # DP-DMD backpropagates through all 4 steps (about 3x the cost of the others here):
-              # 100 updates to fit this session's CPU budget.
-              {"dp-dmd-4s": {"iters": 100}}),
-]
+def parse_name(name: str) -> tuple[str, int | None]:
+    """``"mnist/teacher@4"`` -> ``("mnist/teacher", 4)``; no ``@`` -> ``(name, None)``. The one parser of
+    ``name@steps`` (the CLI, ``evaluate`` and the app use it)."""
+    name = str(name)
+    if "@" not in name:
+        return name, None
+    base, steps = name.rsplit("@", 1)
+    try:
+        n = int(steps)
+    except ValueError:
+        raise ValueError(f"bad step count in {name!r}: expected <model>@<int>") from None
+    if n < 1:
+        raise ValueError(f"step count must be >= 1 in {name!r}")
+    return base, n
 
 
 def list_models(assets: Path = ASSETS) -> list[str]:
@@ -65,13 +62,17 @@ def list_models(assets: Path = ASSETS) -> list[str]:
     return names
 
 
-def load(name: str, assets: Path = ASSETS, *, steps: int | None = None, cfg: float | None = None):
-    """Load a shipped model by name (or a folder, or ``oracle:<dataset>``) as something with ``sample``.
+def load(name: str, assets: Path = ASSETS, *, steps: int | None = None, cfg: float | None = None,
+         strict: bool = False):
+    """Load a shipped model by name (or a folder, or ``oracle:<dataset>``; ``name@steps`` for teachers) as a
+    :class:`~pdmd_lab.student.Sampler`.
 
     Teachers come back as :class:`TeacherSampler` with ``steps`` (default 50) and ``cfg`` (default the
-    family's); students ignore ``steps`` and ``cfg`` (they have them baked in).
+    family's). Students have their steps and guidance distilled in: with ``strict``, asking a student for
+    ``steps`` or ``cfg`` is an error instead of being ignored.
     """
-    name = str(name)
+    name, at_steps = parse_name(name)
+    steps = at_steps if steps is None else steps
     family = name.split("/")[0] if "/" in name else ""
     if name.startswith("oracle:") or (family in TEACHER_CFG and name.endswith("/teacher")
                                        and get_dataset(family).gmm is not None):
@@ -85,6 +86,9 @@ def load(name: str, assets: Path = ASSETS, *, steps: int | None = None, cfg: flo
                          f"({', '.join(list_models(assets))})")
     kind = io.read_config(path).get("kind")
     if kind == "student":
+        if strict and (steps is not None or cfg is not None):
+            raise ValueError(f"{name!r} is a distilled student: its steps and CFG are fixed at training "
+                             f"(--steps/--cfg apply to teachers only)")
         return Student.load(path)
     if kind == "teacher":
         teacher = load_teacher(path)
@@ -140,7 +144,7 @@ def build_zoo(assets: Path = ASSETS, runs: Path = RUNS, *, only: str | None = No
             if not _valid(run, e):
                 train_classifier(ClassifierConfig(**e.args), run, progress=progress)
         else:
-            distill(DistillConfig(**e.args), run, progress=progress, command=cmd)
+            distill(DistillConfig.from_flat(**e.args), run, progress=progress, command=cmd)
         _export(run, dest, {"zoo_name": e.name, "build_command": cmd, "build_wall_time_s": round(time.time() - t0, 1)})
         built.append(e.name)
     return built

@@ -9,13 +9,13 @@ import torch
 
 from pdmd_lab import evaluate as E
 from pdmd_lab.data import get_dataset
-from pdmd_lab.distill import DistillConfig, Distiller, distill
+from pdmd_lab.distill import DistillConfig, build_distiller, distill
 
 NET = {"type": "mlp", "data_dim": 2, "num_classes": 4, "hidden": 32, "depth": 1, "emb_dim": 16}
 
 
 def _tiny(method, out, **kw):
-    cfg = DistillConfig(teacher="oracle:ring-mix", method=method, iters=4, batch_size=32, init_iters=20,
+    cfg = DistillConfig.from_flat(teacher="oracle:ring-mix", method=method, iters=4, batch_size=32, init_iters=20,
                         fake_updates_per_generator_update=1, net=dict(NET), **kw)
     distill(cfg, out=out, progress=False)
     return str(out)
@@ -24,7 +24,7 @@ def _tiny(method, out, **kw):
 @pytest.fixture(scope="module")
 def tiny_students(tmp_path_factory):
     root = tmp_path_factory.mktemp("students")
-    return [_tiny("dmd", root / "dmd", steps=1, phases=1), _tiny("phased-dmd", root / "pdmd", steps=2, phases=2)]
+    return [_tiny("dmd", root / "dmd", steps=1), _tiny("phased-dmd", root / "pdmd", steps=2, phases=2)]
 
 
 def test_evaluate_models_ring_mix(tiny_students, tmp_path):
@@ -82,7 +82,9 @@ def test_bad_input(tiny_students):
 
 
 def test_bench_quick_memory_argument(tmp_path):
-    res = E.bench(quick=True, out=tmp_path)
+    from pdmd_lab import bench
+
+    res = bench.bench(quick=True, out=tmp_path)
     assert [r["N"] for r in res["memory"]] == [1, 2, 4]
     for r in res["memory"]:
         if r["N"] >= 2:  # Phased DMD keeps one step's activations, full backprop all N
@@ -91,14 +93,14 @@ def test_bench_quick_memory_argument(tmp_path):
     teacher = next(k for k in res["sampling"] if k.endswith("teacher@50"))
     assert res["sampling"][teacher]["nfe"] == 100
     assert all("speedup" in r for r in res["sampling"].values())
-    assert (tmp_path / "bench.md").read_text() == E.bench_markdown(res)
+    assert (tmp_path / "bench.md").read_text() == bench.bench_markdown(res)
 
 
 def test_diversity_monitor_in_distiller(tmp_path):
     mon = E.DiversityMonitor(n=64)
-    cfg = DistillConfig(teacher="oracle:ring-mix", method="dmd", steps=1, phases=1, iters=4, batch_size=32,
+    cfg = DistillConfig(teacher="oracle:ring-mix", method="dmd", steps=1, iters=4, batch_size=32,
                         init_iters=20, fake_updates_per_generator_update=1, log_every=1, net=dict(NET))
-    Distiller(cfg, tmp_path, progress=False, callbacks=[mon], callback_every=2).train()
+    build_distiller(cfg, tmp_path, progress=False, callbacks=[mon], callback_every=2).train()
     records = [json.loads(ln) for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
     with_div = [r for r in records if "div_vendi" in r]
     assert [r["iter"] for r in with_div] == [2, 4]

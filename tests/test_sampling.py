@@ -128,7 +128,7 @@ def test_callback_dict(model):
     out = sample_euler(model, z, ts, class_labels=labels, cfg=2.0, callback=seen.append)
     assert len(seen) == 5
     for i, d in enumerate(seen):
-        assert set(d) == {"x", "i", "t", "t_next", "v", "x0_hat"}
+        assert set(d) == {"x", "x_next", "i", "t", "t_next", "v", "x0_hat"}
         assert d["i"] == i
         assert d["t"] == pytest.approx(ts[i].item()) and d["t_next"] == pytest.approx(ts[i + 1].item())
         torch.testing.assert_close(d["x0_hat"], d["x"] - d["t"] * d["v"])

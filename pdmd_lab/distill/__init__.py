@@ -1,5 +1,26 @@
-"""Distillation: losses, rollouts and the one trainer for DMD, DMD2-SGTS, Phased DMD and DP-DMD."""
+"""Distillation: the method registry, losses, rollouts and the one trainer (DESIGN.md §4)."""
 
-from pdmd_lab.distill.trainer import METHODS, DistillConfig, Distiller, distill
+from pdmd_lab.distill import disjoint  # noqa: E402,F401  (registers phased-dmd-disjoint)
+from pdmd_lab.distill.methods import (
+    METHODS,
+    DMDFamily,
+    DMDOptions,
+    Draw,
+    Method,
+    MethodOptions,
+    PhasedDMD,
+    get_method,
+    register_method,
+)
+from pdmd_lab.distill.trainer import (
+    DistillConfig,
+    Distiller,
+    GaussianPrior,
+    build_distiller,
+    distill,
+    register_teacher_loader,
+)
 
-__all__ = ["METHODS", "DistillConfig", "Distiller", "distill"]
+__all__ = ["METHODS", "DMDFamily", "DMDOptions", "DistillConfig", "Distiller", "Draw", "GaussianPrior", "Method",
+           "MethodOptions", "PhasedDMD", "build_distiller", "distill", "get_method", "register_method",
+           "register_teacher_loader"]

@@ -15,13 +15,15 @@ WEIGHTINGS = ("paper", "dmd2")
 
 
 def surrogate_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``0.5 || x - sg(x - grad) ||^2`` per sample; its gradient w.r.t. ``x`` is exactly ``grad``.
+    """``0.5 mean_d (x - sg(x - grad))^2`` per sample; its gradient w.r.t. ``x`` is ``grad / D``.
 
     The DMD trick (DMD2 ``edm_guidance.py``): a gradient computed without autograd is pushed
-    into the generator through a surrogate whose derivative is that gradient.
+    into the generator through a surrogate whose derivative is that gradient. Averaged over the
+    ``D`` data dimensions, like DMD2's and DP-DMD's own code and like every other loss here, so
+    that a weight between two losses (DP-DMD's ``lambda``) means the same for 2D points and images.
     """
     target = (x - grad).detach()
-    return 0.5 * ((x - target) ** 2).flatten(1).sum(1)
+    return 0.5 * ((x - target) ** 2).flatten(1).mean(1)
 
 
 @torch.no_grad()
