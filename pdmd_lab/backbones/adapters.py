@@ -114,6 +114,13 @@ class DiffusersDenoiser(Denoiser):
     def dtype(self) -> torch.dtype:
         return self.transformer.dtype
 
+    @property
+    def student_class(self):
+        """Students of full-weight experts copied from this backbone (the trainer asks its starting net)."""
+        from pdmd_lab.backbones.students import FullStudent
+
+        return FullStudent
+
     # Conditions ------------------------------------------------------------------------------
     def condition(self, cond, batch: int, device) -> dict[str, torch.Tensor]:
         """Prompt tensors for a batch: gathered from the table by label, or a dict passed as is."""

@@ -8,12 +8,14 @@ shared base; its ``parameters()`` are that adapter's LoRA tensors only, so optim
 clipping, ``requires_grad_`` and DDP see exactly one expert. The teacher is the view with every
 adapter disabled. Memory stays one base model plus ``K + 1`` adapters.
 
-Defaults follow the Phased DMD paper: rank 64, alpha 8, learning rate 5e-5.
+Defaults follow the Phased DMD paper: rank 64, alpha 8 (and learning rate 5e-5, the CLI's default for
+``diffusers:`` teachers).
 
-:class:`LoRAStudent` saves adapters only: ``expert_k.safetensors`` in diffusers' LoRA format (keys
-``transformer.<module>.lora_A.weight``, the ``LoraConfig`` in the file's metadata, so the stock
-``pipe.load_lora_weights(folder, weight_name="expert_1.safetensors")`` reads it), the prompt table,
-and ``config.json`` naming the base model folder.
+:meth:`LoRAExperts.save_adapter` writes one adapter in diffusers' LoRA format (keys
+``transformer.<module>.lora_A.weight``, the ``LoraConfig`` in the file's metadata), so the stock
+``pipe.load_lora_weights(folder, weight_name="expert_1.safetensors")`` reads it; the saved student
+(:class:`~pdmd_lab.backbones.students.LoRAStudent`) is those files plus the prompt table and a
+``config.json`` naming the base model folder.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
+import zlib
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,22 +34,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from pdmd_lab import io
-from pdmd_lab.backbones.adapters import DiffusersDenoiser, load_backbone
-from pdmd_lab.backbones.prompts import PromptEmbeddings
-from pdmd_lab.student import Student
+from pdmd_lab.backbones.adapters import DiffusersDenoiser
 
 FAKE_SCORE = "fake_score"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
-KIND = "lora-student"
-PROMPTS_FILE = "prompt_embeds.safetensors"
 
 
 @dataclass
 class LoRAConfig:
     rank: int = 64  # Phased DMD: rank 64
     alpha: float = 8.0  # Phased DMD: alpha 8 (scale alpha / rank)
-    lr: float = 5e-5  # Phased DMD: 5e-5 for the experts and the fake score
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=list)  # empty: the adapter's attention and FFN layers
 
@@ -54,8 +52,6 @@ class LoRAConfig:
             raise ValueError(f"LoRA rank must be a positive integer, got {self.rank!r}")
         if not self.alpha > 0:
             raise ValueError(f"LoRA alpha must be > 0, got {self.alpha!r}")
-        if not self.lr > 0:
-            raise ValueError(f"LoRA lr must be > 0, got {self.lr!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -77,30 +73,76 @@ _LORA_KEY = re.compile(r"\.lora_([AB])\.([^.]+)\.")
 
 
 class LoRAExperts:
-    """``K`` expert adapters (and a fake-score adapter) on the frozen base of ``backbone``."""
+    """Expert adapters ``expert_1 .. expert_K`` (and a ``fake_score`` adapter) on the frozen base of ``backbone``.
 
-    def __init__(self, backbone: DiffusersDenoiser, num_experts: int, config: LoRAConfig | None = None, *,
-                 fake_score: bool = True, seed: int = 0):
-        if not isinstance(num_experts, int) or num_experts < 1:
-            raise ValueError(f"num_experts must be a positive integer, got {num_experts!r}")
+    Adapters can be added later (:meth:`build_experts`, :meth:`build_critic`: the factories the
+    trainer calls); every one starts with LoRA B = 0, i.e. equal to the teacher.
+    """
+
+    def __init__(self, backbone: DiffusersDenoiser, num_experts: int = 0, config: LoRAConfig | None = None, *,
+                 fake_score: bool = False, seed: int = 0):
+        if not isinstance(num_experts, int) or num_experts < 0:
+            raise ValueError(f"num_experts must be a non-negative integer, got {num_experts!r}")
         self.backbone = backbone
         self.config = config or LoRAConfig()
         self.seed = seed
-        self.names = [f"expert_{k}" for k in range(1, num_experts + 1)] + ([FAKE_SCORE] if fake_score else [])
-        backbone.requires_grad_(False)  # the base stays frozen; only adapters are trained
-        for name in self.names:
-            with self._seeded(name):
-                for model in backbone.transformers():
-                    model.add_adapter(peft_config(backbone, self.config), adapter_name=name)
-        self._params = {name: self._collect(name) for name in self.names}
-        for params in self._params.values():
-            for p in params.values():
-                p.requires_grad_(True)
+        self.names: list[str] = []
+        self._params: dict[str, dict[str, nn.Parameter]] = {}
+        self._views: dict[str, AdapterView] = {}
         self._active: str | None = "?"
+        backbone.requires_grad_(False)  # the base stays frozen; only adapters are trained
         self.activate(None)
-        self.experts = [AdapterView(self, n) for n in self.names if n != FAKE_SCORE]
-        self.fake_score = AdapterView(self, FAKE_SCORE) if fake_score else None
-        self.teacher = AdapterView(self, None)
+        self.teacher = BaseView(self)
+        self.build_experts(num_experts)
+        if fake_score:
+            self.add(FAKE_SCORE)
+
+    @property
+    def experts(self) -> list["AdapterView"]:
+        return [self._views[n] for n in self.names if n != FAKE_SCORE]
+
+    @property
+    def fake_score(self) -> "AdapterView | None":
+        return self._views.get(FAKE_SCORE)
+
+    def add(self, name: str) -> "AdapterView":
+        """Add adapter ``name`` to every transformer of the backbone (seeded init, B = 0) and return its view."""
+        if name in self._params:
+            raise ValueError(f"adapter {name!r} exists already")
+        flags = self._flags()
+        previous = self._active
+        with self._seeded(name), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # several adapters is the point
+            for _, model in self._models():
+                model.add_adapter(peft_config(self.backbone, self.config), adapter_name=name)
+        self.names.append(name)
+        self._params[name] = self._collect(name)
+        for p, f in flags:  # add_adapter activates the new adapter and flips the others' flags
+            p.requires_grad_(f)
+        for p in self._params[name].values():
+            p.requires_grad_(True)
+        self._active = name
+        self.activate(previous if previous != "?" else None)
+        self._views[name] = AdapterView(self, name)
+        return self._views[name]
+
+    def build_experts(self, num_experts: int) -> list["AdapterView"]:
+        """The views of ``expert_1 .. expert_K``, adding the missing adapters (the trainer's expert factory)."""
+        for k in range(1, num_experts + 1):
+            if f"expert_{k}" not in self._params:
+                self.add(f"expert_{k}")
+        return [self._views[f"expert_{k}"] for k in range(1, num_experts + 1)]
+
+    def build_critic(self, phase: int = 0) -> "AdapterView":
+        """The fake score of a phase: the ``fake_score`` adapter, re-initialised (equal to the teacher again)."""
+        if FAKE_SCORE not in self._params:
+            return self.add(FAKE_SCORE)
+        self.reset(FAKE_SCORE)
+        self._views[FAKE_SCORE] = AdapterView(self, FAKE_SCORE)  # a new module (same tensors) per phase
+        return self._views[FAKE_SCORE]
+
+    def _flags(self) -> list[tuple[nn.Parameter, bool]]:
+        return [(p, p.requires_grad) for params in self._params.values() for p in params.values()]
 
     # Adapters ------------------------------------------------------------------------------
     def _collect(self, name: str) -> dict[str, nn.Parameter]:
@@ -130,7 +172,7 @@ class LoRAExperts:
     @contextmanager
     def _seeded(self, name: str):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1000 + (self.names.index(name) if name in self.names else 999))
+            torch.manual_seed(self.seed * 100_003 + zlib.crc32(name.encode()) % 100_000)
             yield
 
     def activate(self, name: str | None) -> None:
@@ -141,8 +183,10 @@ class LoRAExperts:
         """
         if name == self._active:
             return
-        flags = [(p, p.requires_grad) for params in self._params.values() for p in params.values()]
+        flags = self._flags()
         for _, model in self._models():
+            if not getattr(model, "_hf_peft_config_loaded", False):
+                continue  # no adapter yet: the base is the teacher
             if name is None:
                 model.disable_adapters()
             else:
@@ -265,6 +309,11 @@ class AdapterView(nn.Module):
         self._owner.activate(self.adapter_name)
         return self.backbone(x, t, class_labels)
 
+    def _apply(self, fn, recurse: bool = True):
+        """``.to(device)`` and friends move the shared base too (idempotent for the other views)."""
+        self.backbone._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
     def combine_cfg(self, v_uncond, v_cond, scale):
         return self.backbone.combine_cfg(v_uncond, v_cond, scale)
 
@@ -273,71 +322,25 @@ class AdapterView(nn.Module):
         return f"adapter={self.adapter_name!r}, lora_parameters={n}, base={self.backbone.model_class}"
 
 
-# The saved student ---------------------------------------------------------------------------------
+class BaseView(AdapterView):
+    """The base with every adapter disabled: the teacher, and the starting net of the trainer's factories.
 
-class LoRAStudent(Student):
-    """A Phased DMD student whose experts are LoRA adapters on one base model.
-
-    Saved as adapters only (``expert_k.safetensors``, diffusers' LoRA format), the prompt table and
-    ``config.json`` with ``kind: lora-student`` and ``base``: the base model folder, loaded again with
-    ``from_pretrained`` by :meth:`load`.
+    The trainer builds experts and critics from its starting net; here they are adapters on this
+    same base (:meth:`build_experts`, :meth:`build_critic`), and the student a
+    :class:`~pdmd_lab.backbones.students.LoRAStudent` (:attr:`student_class`).
     """
 
-    def __init__(self, lora: LoRAExperts, boundaries, step_times, *, sampler: str = "euler", dataset: str = "",
-                 meta: dict | None = None):
-        object.__setattr__(self, "_lora", None)
-        super().__init__(lora.experts, boundaries, step_times, sampler=sampler, dataset=dataset,
-                         shape=lora.backbone.shape, meta=meta)
-        object.__setattr__(self, "_lora", lora)
+    def __init__(self, owner: LoRAExperts):
+        super().__init__(owner, None)
+
+    def build_experts(self, num_experts: int) -> list[AdapterView]:
+        return self._owner.build_experts(num_experts)
+
+    def build_critic(self, phase: int = 0) -> AdapterView:
+        return self._owner.build_critic(phase)
 
     @property
-    def lora(self) -> LoRAExperts:
-        return self._lora
+    def student_class(self):
+        from pdmd_lab.backbones.students import LoRAStudent
 
-    @property
-    def backbone(self) -> DiffusersDenoiser:
-        return self._lora.backbone
-
-    def config(self) -> dict:
-        b = self.backbone.config
-        return {"kind": KIND, "base": b.path, "model_class": b.model_class, "latent_shape": list(b.latent_shape),
-                "guidance": b.guidance, "num_classes": b.num_classes, "sampler": self.sampler,
-                "dataset": self.dataset, "boundaries": self.boundaries.tolist(),
-                "step_times": self.step_times.tolist(), "lora": asdict(self._lora.config),
-                "experts": [e.adapter_name for e in self.experts], "prompts": PROMPTS_FILE, **self.meta}
-
-    def save(self, path, extra: dict | None = None) -> Path:
-        """Write the expert adapters, the prompt table and ``config.json`` (each file atomically)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        for e in self.experts:
-            self._lora.save_adapter(e.adapter_name, path)
-        self.backbone.prompts.save(path / PROMPTS_FILE)
-        io.write_json(path / io.CONFIG, {**self.config(), **(extra or {})})
-        return path
-
-    @classmethod
-    def load(cls, path, device="cpu", *, dtype=None, base: str | None = None) -> "LoRAStudent":
-        """Rebuild a saved student: the base from its folder (or ``base``), then the adapters."""
-        cfg = io.read_config(path)
-        if cfg.get("kind") != KIND:
-            raise ValueError(f"{str(path)!r} is not a LoRA student folder (its config says kind={cfg.get('kind')!r})")
-        prompts = PromptEmbeddings.load(Path(path) / cfg.get("prompts", PROMPTS_FILE))
-        backbone = load_backbone(base or cfg["base"], prompts, latent_shape=cfg["latent_shape"], dtype=dtype,
-                                 guidance=cfg.get("guidance"), device=device)
-        lora = LoRAExperts(backbone, len(cfg["experts"]), LoRAConfig(**cfg["lora"]), fake_score=False)
-        for name in cfg["experts"]:
-            lora.load_adapter(name, path)
-        known = {"kind", "base", "model_class", "latent_shape", "guidance", "num_classes", "sampler", "dataset",
-                 "boundaries", "step_times", "lora", "experts", "prompts"}
-        student = cls(lora, cfg["boundaries"], cfg["step_times"], sampler=cfg["sampler"], dataset=cfg["dataset"],
-                      meta={k: v for k, v in cfg.items() if k not in known})
-        return student.to(device).eval()
-
-
-def _load_lora_student(path, cfg, device):
-    return LoRAStudent.load(path, device)
-
-
-if hasattr(io, "register_kind"):
-    io.register_kind(KIND, _load_lora_student)
+        return LoRAStudent

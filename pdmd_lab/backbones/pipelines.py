@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from pdmd_lab import io
-from pdmd_lab.backbones.lora import KIND
+from pdmd_lab.backbones.students import LORA_KIND
 
 
 def read_student_config(folder) -> dict:
     cfg = io.read_config(folder)
-    if cfg.get("kind") != KIND:
+    if cfg.get("kind") != LORA_KIND:
         raise ValueError(f"{str(folder)!r} is not a LoRA student folder (its config says kind={cfg.get('kind')!r})")
     return cfg
 
