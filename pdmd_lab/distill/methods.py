@@ -201,11 +201,16 @@ class Method:
         return [float(b) for b in flow.phase_boundaries(self.steps, self.num_phases, self.shift)]
 
     def build_experts(self, init_net: nn.Module) -> list[nn.Module]:
-        """One expert per phase, each a copy of the starting net."""
+        """One expert per phase, each a copy of the starting net, unless the starting net builds its own
+        (``init_net.build_experts(K)``: LoRA adapters on one frozen base, :mod:`pdmd_lab.backbones.lora`)."""
+        if hasattr(init_net, "build_experts"):
+            return init_net.build_experts(self.num_phases)
         return [copy.deepcopy(init_net) for _ in range(self.num_phases)]
 
     def build_critic(self, init_net: nn.Module, phase: int) -> nn.Module:
-        """The critic of ``phase`` (0-based), a fresh copy of the starting net."""
+        """The critic of ``phase`` (0-based), a fresh copy of the starting net (or ``init_net.build_critic(phase)``)."""
+        if hasattr(init_net, "build_critic"):
+            return init_net.build_critic(phase)
         return copy.deepcopy(init_net)
 
     def critic_loss(self, run, draw: Draw) -> tuple[torch.Tensor, dict]:

@@ -135,10 +135,11 @@ class Distiller:
         self.it, self.phase, self.wall = 0, 0, 0.0
         state = self._read_train_state() if self.out is not None else None
         experts = method.build_experts(self.init_net)
-        self.student = Student(experts, method.boundaries(), method.step_times(), sampler=method.sampler,
-                               dataset=dataset, shape=shape,
-                               meta={**method.student_meta(), "teacher": config.teacher, "cfg": config.cfg}
-                               ).to(self.device)
+        student_class = getattr(self.init_net, "student_class", Student)  # e.g. adapters-only LoRA students
+        self.student = student_class(experts, method.boundaries(), method.step_times(), sampler=method.sampler,
+                                     dataset=dataset, shape=shape,
+                                     meta={**method.student_meta(), "teacher": config.teacher, "cfg": config.cfg}
+                                     ).to(self.device)
         self._start_phase(0 if state is None else state["phase"])
         if state is not None:
             self._load_train_state(state)
@@ -417,6 +418,10 @@ def build_distiller(config: DistillConfig, out=None, *, progress: bool = True, *
     if out is not None and read_train_state(out) is not None:
         state = Path(out) / "train_state"
     prefix = config.teacher.split(":", 1)[0] if ":" in config.teacher else ""
+    if prefix and prefix not in TEACHER_LOADERS:
+        from pdmd_lab.distill.methods import load_plugins
+
+        load_plugins()  # e.g. pdmd_lab.backbones registers diffusers:PATH
     if prefix in TEACHER_LOADERS:
         teacher, init, prior, info = TEACHER_LOADERS[prefix](config, "cpu", state)
     else:
