@@ -64,6 +64,9 @@ def cmd_distill(a) -> None:
     if a.recipe and "method" in given and given["method"] != flat["method"]:
         raise ValueError(f"recipe {a.recipe!r} is method {flat['method']!r}; --method {given['method']} contradicts it")
     flat.update(given)
+    from pdmd_lab.backbones.distill import apply_cli
+
+    flat.update(apply_cli(vars(a), flat))  # diffusers:PATH teachers: --prompts, LoRA... into `net`
     flat.setdefault("steps", 1 if flat.get("method") == "dmd" else 4)
     cfg = DistillConfig.from_flat(**flat)
     out = Path(a.out)
@@ -279,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-every", type=int, default=None)
     s.add_argument("--init-iters", type=int, default=None, help="oracle teachers: iterations of the starting fit")
     _add_method_options(s)
+    from pdmd_lab.backbones.distill import add_cli_arguments
+
+    add_cli_arguments(s)
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_distill)

@@ -101,3 +101,62 @@ def register() -> None:
 
 
 register()
+
+
+# Command line (``pdmd-lab distill``) --------------------------------------------------------------
+
+_FLAGS = {  # option -> (flag, type, help)
+    "prompts": ("--prompts", str, "diffusers: teachers: prompts text file (one a line; encoded once with the "
+                "pipeline's text encoders) or an embeddings .safetensors file"),
+    "experts": ("--experts", str, "lora (adapters on one frozen base; default) or full (full-weight copies)"),
+    "lora_rank": ("--lora-rank", int, "LoRA rank of experts and fake score (default 64)"),
+    "lora_alpha": ("--lora-alpha", float, "LoRA alpha (default 8)"),
+    "latent_shape": ("--latent-shape", str, "latent shape C,H,W or C,F,H,W (default: from the model config)"),
+    "dtype": ("--weights-dtype", str, "dtype of the base weights: float32 (default), bfloat16, float16"),
+    "gradient_checkpointing": ("--gradient-checkpointing", bool, "diffusers' checkpointing of the blocks"),
+    "guidance": ("--guidance", float, "embedded guidance of guidance-distilled models (Flux-dev)"),
+    "max_sequence_length": ("--max-sequence-length", int, "text tokens when encoding prompts (default 256)"),
+}
+
+
+def add_cli_arguments(parser) -> None:
+    """The flags of ``diffusers:PATH`` teachers, and ``--mixed-precision`` passed to accelerate."""
+    g = parser.add_argument_group("real backbones (--teacher diffusers:PATH)")
+    for name, (flag, kind, help_) in _FLAGS.items():
+        if kind is bool:
+            g.add_argument(flag, dest=f"backbone_{name}", action="store_const", const=True, default=None, help=help_)
+        else:
+            g.add_argument(flag, dest=f"backbone_{name}", type=kind, default=None, help=help_,
+                           metavar=flag[2:].upper().replace("-", "_"))
+    g.add_argument("--mixed-precision", dest="mixed_precision", choices=("no", "bf16", "fp16"), default=None,
+                   help="accelerate mixed precision (same as `accelerate launch --mixed_precision`)")
+
+
+def apply_cli(args: dict, flat: dict) -> dict:
+    """Turn the backbone flags into the run config: ``net`` options and the LoRA learning-rate defaults.
+
+    Returns the entries to update ``flat`` with. ``--mixed-precision`` is handed to accelerate through
+    ``ACCELERATE_MIXED_PRECISION``. Backbone flags with another teacher are an error.
+    """
+    import os
+
+    given = {name: args.get(f"backbone_{name}") for name in _FLAGS if args.get(f"backbone_{name}") is not None}
+    if args.get("mixed_precision"):
+        os.environ["ACCELERATE_MIXED_PRECISION"] = args["mixed_precision"]
+    if not str(flat.get("teacher", "")).startswith("diffusers:"):
+        if given:
+            flag = _FLAGS[next(iter(given))][0]
+            raise ValueError(f"{flag} applies to --teacher diffusers:PATH only")
+        return {}
+    if "latent_shape" in given:
+        try:
+            given["latent_shape"] = [int(s) for s in given["latent_shape"].split(",")]
+        except ValueError:
+            shape = given["latent_shape"]
+            raise ValueError(f"--latent-shape must be integers like 16,128,128, got {shape!r}") from None
+    net = {**dict(flat.get("net") or {}), **given}
+    BackboneOptions.from_dict(net)  # one-line errors before anything loads
+    out = {"net": net}
+    if (net.get("experts") or "lora") == "lora":  # the paper's LoRA learning rate unless given
+        out.update({k: flat.get(k) or PAPER_LR for k in ("lr_generator", "lr_fake")})
+    return out
