@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shlex
 import sys
@@ -130,6 +131,24 @@ def _add_method_options(parser) -> None:
                      else ", ".join(f"{n} {d}" for n, d in defaults.items()))
             g.add_argument("--" + opt.replace("_", "-"), dest=opt, type=_parse_type(owners[opt][0][1]), default=None,
                            help=f"default: {shown}")
+
+
+def cmd_study(a) -> None:
+    from pdmd_lab import study
+
+    if a.summarize_only:
+        res = study.summarize(Path(a.out))
+    else:
+        rows = study.expand_rows([r for r in a.rows.split(",") if r])
+        overrides = {}
+        for item in a.set or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set expects key=value, got {item!r}")
+            overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+        res = study.run_study(rows, study.parse_seeds(a.seeds), Path(a.out), n=a.n, jobs=a.jobs, overrides=overrides)
+    print(study.summary_markdown(res))
+    print(f"wrote {a.out}/runs.jsonl, runs.csv, summary.json, summary.md, summary.png")
 
 
 def cmd_train_classifier(a) -> None:
@@ -288,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the run in --out")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_distill)
+
+    s = sub.add_parser("study", help="grid of recipes x seeds: metrics per run, means with 95%% intervals (resumable)")
+    s.add_argument("--rows", default="study/ring-mix/*,ring-mix/teacher@2,ring-mix/teacher@4,ring-mix/teacher@50",
+                   help="comma-separated recipe names or globs, and family/teacher@K baselines")
+    s.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,1,2")
+    s.add_argument("--n", type=int, default=2000, help="samples per run")
+    s.add_argument("--jobs", type=int, default=1, help="parallel worker processes (1 thread each)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field for every "
+                   "student row (e.g. --set iters=20); recorded in study.json")
+    s.add_argument("--summarize-only", action="store_true", help="only rebuild the tables from runs.jsonl")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_study)
 
     s = sub.add_parser("recipes", help="list the named recipes every shipped model is built from")
     s.add_argument("filter", nargs="?", default=None, help="only names containing this")

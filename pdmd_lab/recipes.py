@@ -24,9 +24,9 @@ STUDENT_SPECS = [
 RING_MIX = {"teacher": "oracle:ring-mix", "cfg": 3.0, "iters": 600, "batch_size": 256, "lr_generator": 1e-3,
             "lr_fake": 1e-3, "fake_updates_per_generator_update": 3}
 MNIST_TEACHER = "zoo:mnist/teacher"  # the shipped teacher (the zoo builds it first)
-MNIST = {"teacher": MNIST_TEACHER, "cfg": 3.0, "iters": 240, "batch_size": 32, "lr_generator": 1e-4,
-         "lr_fake": 2e-4, "fake_updates_per_generator_update": 2, "weighting": "dmd2"}
-MNIST_OVERRIDES = {"dp-dmd-4s": {"iters": 100, "dp_anchor_steps": 2}}
+MNIST = {"teacher": MNIST_TEACHER, "cfg": 3.0, "iters": 1000, "batch_size": 32, "lr_generator": 1e-4,
+         "lr_fake": 2e-4, "fake_updates_per_generator_update": 2, "weighting": "dmd2", "checkpoint_every": 100}
+MNIST_OVERRIDES = {"dp-dmd-4s": {"dp_anchor_steps": 4}}
 
 # The evidence study on ring-mix: longer runs, 5 critic updates, both weightings for Phased DMD,
 # the disjoint-range ablation.

@@ -1,0 +1,297 @@
+"""``pdmd-lab study``: a grid of recipes x seeds, every run's metrics in one table, means with 95% intervals.
+
+One run = distil a student recipe with one seed (:func:`pdmd_lab.distill.distill`), then score
+``n`` samples against the teacher's (the family's teacher at 50 Euler steps with CFG, fresh noise).
+Baseline rows ``teacher@K`` sample the teacher with K Euler steps (each seed draws other noise).
+Results go to ``runs.jsonl`` (one line per finished run, so a study resumes where it stopped),
+``runs.csv``, ``summary.json`` / ``summary.md`` (mean and Student-t 95% confidence interval per
+metric and row) and ``summary.png`` (metric per row, with error bars).
+
+2D metrics (Gaussian-mixture families): energy distance to the teacher's samples, recall (PRDC,
+k = 5), mode KL against the teacher's mode histogram, ``teacher_modes_missed`` (class/mode cells
+holding >= 2% of a class's teacher samples but < 2% of the student's), ``off_mode`` (share of samples
+farther than 3 stds from every mode) and ``spread`` (within-mode standard deviation over the mode's
+the teacher's, averaged over the modes both cover; 1 = the teacher's spread, < 1 = collapsed onto mode
+centres).
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import json
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pdmd_lab import metrics
+from pdmd_lab.data import get_dataset
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+METRICS_2D = ["energy_distance", "recall", "mode_kl", "teacher_modes_missed", "off_mode", "spread"]
+LOWER_IS_BETTER = {"energy_distance": True, "recall": False, "mode_kl": True, "teacher_modes_missed": True,
+                   "off_mode": True, "spread": False}  # spread: closer to 1 is better
+
+
+def t_quantile(df: int) -> float:
+    """Two-sided 95% Student-t quantile for ``df`` degrees of freedom (table, nearest lower entry)."""
+    if df < 1:
+        return float("nan")
+    keys = [k for k in T_975 if k <= df]
+    return T_975[max(keys)] if df <= 30 else 1.96
+
+
+def mean_ci(values) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t confidence interval."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    if len(v) == 1:
+        return float(v[0]), float("nan")
+    return float(v.mean()), float(t_quantile(len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+# Scoring -------------------------------------------------------------------------------------------
+
+def score_2d(family: str, x: torch.Tensor, labels: torch.Tensor, ref: torch.Tensor, min_share: float = 0.02,
+             num_std: float = 3.0) -> dict:
+    """The study's 2D metrics of samples ``x`` against teacher samples ``ref`` (same labels)."""
+    gmm = get_dataset(family).gmm
+    ref_hist = metrics.mode_histogram(gmm, ref, labels, num_std)
+    hist = metrics.mode_histogram(gmm, x, labels, num_std)
+    cov = metrics.mode_coverage(gmm, x, labels, min_share, num_std, reference_weights=ref_hist)
+    teacher_cells = ref_hist >= min_share
+    missed = int((teacher_cells & (hist < min_share)).sum())
+    modes, ref_modes = gmm.assign_modes(x, num_std=num_std), gmm.assign_modes(ref, num_std=num_std)
+    spreads = []
+    for k in range(gmm.num_modes):
+        pts, ref_pts = x[modes == k].double(), ref[ref_modes == k].double()
+        if len(pts) >= 10 and len(ref_pts) >= 10:
+            spreads.append(float(pts.std(0).mean() / ref_pts.std(0).mean()))
+    return {"energy_distance": metrics.energy_distance(x, ref),
+            "recall": metrics.prdc(ref, x, k=5)["recall"],
+            "mode_kl": cov["kl"], "teacher_modes_missed": missed, "teacher_modes": int(teacher_cells.sum()),
+            "off_mode": float((modes < 0).double().mean()), "spread": float(np.mean(spreads)) if spreads else 0.0}
+
+
+def reference_samples(family: str, n: int, seed: int = 10_000):
+    """The teacher's samples every run is scored against: 50 Euler steps with the family's CFG."""
+    from pdmd_lab import zoo
+
+    teacher = zoo.load(f"{family}/teacher", steps=50)
+    labels = torch.arange(n) % teacher.num_classes
+    return teacher.sample(labels, seed=seed), labels
+
+
+# One run ------------------------------------------------------------------------------------------
+
+def run_one(row: str, seed: int, out: str, n: int, overrides: dict | None = None, threads: int = 1) -> dict:
+    """Train (or sample) one row with one seed and score it. Runs in a worker process."""
+    from pdmd_lab import zoo
+    from pdmd_lab.recipes import get_recipe, student_config
+
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    if "@" in row:  # teacher baseline: family/teacher@K
+        model = zoo.load(row)
+        family = model.dataset
+        train_s = 0.0
+    else:
+        from pdmd_lab.distill import distill
+
+        cfg = student_config(row, **{**(overrides or {}), "seed": seed})
+        run_dir = Path(out) / "runs" / row / f"seed{seed}"
+        model = distill(cfg, run_dir, progress=False, command=f"pdmd-lab study (row {row}, seed {seed})")
+        family = get_recipe(row)["teacher"].split(":", 1)[1]
+        train_s = time.time() - t0
+    ref, labels = reference_samples(family, n)
+    x = model.sample(labels, seed=seed)
+    res = {"row": row, "seed": seed, "family": family, "nfe": int(model.nfe), "train_s": round(train_s, 1),
+           **score_2d(family, x, labels, ref)}
+    return res
+
+
+def prefit(row: str, seed: int, overrides: dict | None = None, threads: int = 1) -> None:
+    """Fit (or find cached) the starting net a row's run will use, so parallel runs do not each refit it."""
+    from pdmd_lab.distill import build_distiller
+    from pdmd_lab.recipes import student_config
+
+    torch.set_num_threads(threads)
+    build_distiller(student_config(row, **{**(overrides or {}), "seed": seed}), None, progress=False)
+
+
+def _init_key(row: str, seed: int, overrides: dict | None) -> tuple:
+    from pdmd_lab.recipes import get_recipe
+
+    r = {**get_recipe(row), **(overrides or {})}
+    return r["teacher"], json.dumps(r.get("net", {}), sort_keys=True), r.get("init_iters", 2000), seed
+
+
+# The study ---------------------------------------------------------------------------------------
+
+def get_recipe_teacher(row: str) -> str:
+    from pdmd_lab.recipes import get_recipe
+
+    return get_recipe(row)["teacher"]
+
+
+def expand_rows(patterns: list[str]) -> list[str]:
+    """Recipe names matching the glob patterns, plus ``family/teacher@K`` baselines given as is."""
+    from pdmd_lab.recipes import RECIPES
+
+    rows = []
+    for p in patterns:
+        if "@" in p:
+            rows.append(p)
+            continue
+        hits = [r for r in RECIPES if fnmatch.fnmatch(r, p)]
+        if not hits:
+            raise ValueError(f"no recipe matches {p!r}; `pdmd-lab recipes` lists them")
+        rows += [h for h in hits if RECIPES[h]["kind"] == "student"]
+    return list(dict.fromkeys(rows))
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``"0-4"`` or ``"0,2,5"``."""
+    try:
+        if "-" in spec:
+            a, b = spec.split("-")
+            return list(range(int(a), int(b) + 1))
+        return [int(s) for s in spec.split(",") if s]
+    except ValueError:
+        raise ValueError(f"bad --seeds {spec!r}: use e.g. 0-4 or 0,1,2") from None
+
+
+def read_runs(out: Path) -> list[dict]:
+    f = Path(out) / "runs.jsonl"
+    if not f.exists():
+        return []
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+
+
+def run_study(rows: list[str], seeds: list[int], out, *, n: int = 2000, jobs: int = 1, overrides: dict | None = None,
+              progress: bool = True) -> dict:
+    """Run every (row, seed) not yet in ``out/runs.jsonl``; then write the tables and the figure.
+
+    ``overrides`` (e.g. ``{"iters": 8}``) apply to every student recipe; they are recorded in the study's
+    ``study.json``, and a study folder refuses to resume with other overrides."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"n": n, "overrides": overrides or {}}
+    if (out / "study.json").exists() and json.loads((out / "study.json").read_text()) != meta:
+        raise ValueError(f"{out} holds a study with other settings ({(out / 'study.json').read_text().strip()}); "
+                         f"choose another --out")
+    (out / "study.json").write_text(json.dumps(meta) + "\n")
+    done = {(r["row"], r["seed"]) for r in read_runs(out)}
+    todo = [(r, s) for r in rows for s in seeds if (r, s) not in done]
+    bar = tqdm(total=len(todo), desc="study", disable=not progress)
+
+    def record(res):
+        with open(out / "runs.jsonl", "a") as f:
+            f.write(json.dumps(res) + "\n")
+        bar.update(1)
+        bar.set_postfix(last=f"{res['row']} s{res['seed']} ED {res['energy_distance']:.3g}")
+
+    if jobs <= 1:
+        for r, s in todo:
+            record(run_one(r, s, str(out), n, overrides))
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
+            fits = {}
+            for r, s in todo:  # one starting-net fit per (teacher, net, seed), shared through the disk cache
+                if "@" not in r and get_recipe_teacher(r).startswith("oracle:"):
+                    fits.setdefault(_init_key(r, s, overrides), (r, s))
+            for fut in as_completed([ex.submit(prefit, r, s, overrides) for r, s in fits.values()]):
+                fut.result()
+            futures = [ex.submit(run_one, r, s, str(out), n, overrides) for r, s in todo]
+            for fut in as_completed(futures):
+                record(fut.result())
+    bar.close()
+    return summarize(out, rows)
+
+
+def summarize(out, rows: list[str] | None = None) -> dict:
+    """Mean and 95% interval per (family, row, metric) from ``runs.jsonl``; writes csv, json, md and png."""
+    out = Path(out)
+    runs = read_runs(out)
+    if not runs:
+        raise ValueError(f"{out} holds no finished runs")
+    keys = sorted({k for r in runs for k in r})
+    with open(out / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(runs)
+    order = rows or list(dict.fromkeys(r["row"] for r in runs))
+    summary: dict = {}
+    for row in order:
+        rs = [r for r in runs if r["row"] == row]
+        if not rs:
+            continue
+        fam = rs[0]["family"]
+        entry = {"n_seeds": len(rs), "nfe": rs[0]["nfe"], "train_s": mean_ci([r["train_s"] for r in rs])[0]}
+        for m in METRICS_2D:
+            entry[m] = mean_ci([r[m] for r in rs])
+        entry["teacher_modes"] = rs[0].get("teacher_modes")
+        entry["seeds_missing_modes"] = sum(r["teacher_modes_missed"] > 0 for r in rs)
+        summary.setdefault(fam, {})[row] = entry
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(summary_markdown(summary))
+    study_figure(summary, METRICS_2D[:4]).savefig(out / "summary.png", dpi=110, bbox_inches="tight")
+    return summary
+
+
+def study_figure(summary: dict, metric_names: list[str]):
+    """One panel per (family, metric): the mean over seeds per row with its 95% interval as error bars."""
+    from matplotlib.figure import Figure
+
+    fams = list(summary)
+    fig = Figure(figsize=(3.6 * len(metric_names), 0.35 * max(len(r) for r in summary.values()) * len(fams) + 1.5))
+    axes = fig.subplots(len(fams), len(metric_names), squeeze=False)
+    for i, fam in enumerate(fams):
+        rows = summary[fam]
+        names = [r.split("/", 2)[-1] if r.startswith("study/") else r for r in rows]
+        y = np.arange(len(rows))
+        for j, m in enumerate(metric_names):
+            ax = axes[i][j]
+            means = [e[m][0] for e in rows.values()]
+            errs = [0 if math.isnan(e[m][1]) else e[m][1] for e in rows.values()]
+            colors = ["0.55" if "@" in r else ("C0" if "phased-dmd-4s" in r else "C1") for r in rows]
+            ax.barh(y, means, xerr=errs, color=colors, capsize=3)
+            ax.set_yticks(y, names if j == 0 else [""] * len(y), fontsize=7)
+            ax.invert_yaxis()
+            ax.set_title(f"{fam}: {m} ({'lower' if LOWER_IS_BETTER[m] else 'higher'} is better)", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _cell(v) -> str:
+    mean, half = v
+    if math.isnan(mean):
+        return "–"
+    fmt = (lambda x: f"{x:.3g}") if abs(mean) < 100 else (lambda x: f"{x:.0f}")
+    return fmt(mean) if math.isnan(half) else f"{fmt(mean)} ± {fmt(half)}"
+
+
+def summary_markdown(summary: dict) -> str:
+    lines = []
+    for fam, rows in summary.items():
+        lines += [f"### {fam}: mean ± 95% CI over seeds", "",
+                  "| row | NFE | seeds | " + " | ".join(METRICS_2D) + " | seeds missing a teacher mode |",
+                  "|---|---|---|" + "---|" * (len(METRICS_2D) + 1)]
+        for row, e in rows.items():
+            name = row.split("/", 2)[-1] if row.startswith("study/") else row
+            lines.append(f"| {name} | {e['nfe']} | {e['n_seeds']} | " + " | ".join(_cell(e[m]) for m in METRICS_2D)
+                         + f" | {e['seeds_missing_modes']}/{e['n_seeds']} (of {e['teacher_modes']} cells) |")
+        lines.append("")
+    lines.append("energy distance, mode KL, missed teacher modes, off-mode share: lower is better; recall and "
+                 "spread (1 = the teacher's within-mode spread): closer to 1 is better.")
+    return "\n".join(lines) + "\n"
