@@ -18,6 +18,7 @@ Pipelines whose ``__call__`` takes no ``sigmas`` (``WanPipeline``) get the stude
 from __future__ import annotations
 
 import inspect
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,12 +63,14 @@ def load_student_adapters(pipe, folder) -> list[str]:
     """Load every expert adapter of a saved LoRA student into ``pipe`` (and ``transformer_2`` where saved)."""
     folder = Path(folder)
     cfg = read_student_config(folder)
-    for name in cfg["experts"]:
-        pipe.load_lora_weights(str(folder), weight_name=f"{name}.safetensors", adapter_name=name)
-        second = folder / f"{name}_transformer_2.safetensors"
-        if second.is_file():
-            pipe.load_lora_weights(str(folder), weight_name=second.name, adapter_name=name,
-                                   load_into_transformer_2=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*multiple adapters.*")  # one adapter per expert is the point
+        for name in cfg["experts"]:
+            pipe.load_lora_weights(str(folder), weight_name=f"{name}.safetensors", adapter_name=name)
+            second = folder / f"{name}_transformer_2.safetensors"
+            if second.is_file():
+                pipe.load_lora_weights(str(folder), weight_name=second.name, adapter_name=name,
+                                       load_into_transformer_2=True)
     return list(cfg["experts"])
 
 
@@ -113,7 +116,7 @@ def _no_cfg_kwargs(pipe) -> dict:
         kwargs["true_cfg_scale"] = 1.0
     elif "guidance_scale" in params:  # SD3, Wan: guidance_scale <= 1 turns CFG off
         kwargs["guidance_scale"] = 1.0
-    if "guidance_scale_2" in params:
+    if "guidance_scale_2" in params and getattr(pipe.config, "boundary_ratio", None) is not None:
         kwargs["guidance_scale_2"] = 1.0
     return kwargs
 
@@ -173,8 +176,8 @@ def wan_two_expert_pipeline(folder, *, base=None, dtype=None, **components):
     last_high = min(t for t, k in zip(ts, route) if k == 0)
     first_low = max(t for t, k in zip(ts, route) if k == 1)
     high, low = (load_transformer(model, model.subfolder, dtype) for _ in range(2))
-    high.load_lora_adapter(str(folder / "expert_1.safetensors"), adapter_name="expert_1", prefix="transformer")
-    low.load_lora_adapter(str(folder / "expert_2.safetensors"), adapter_name="expert_2", prefix="transformer")
+    for model, name in ((high, "expert_1"), (low, "expert_2")):  # folder + weight_name: the LoraConfig is read too
+        model.load_lora_adapter(str(folder), weight_name=f"{name}.safetensors", adapter_name=name, prefix="transformer")
     components = {"vae": None, "text_encoder": None, "tokenizer": None, **components}
     return WanPipeline(transformer=high, transformer_2=low, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
                        boundary_ratio=(last_high + first_low) / 2, **components)
