@@ -378,3 +378,70 @@ def test_bad_input_one_line_exit_2(folders, tmp_path, capsys):
         load(folders, "sd3")(noise("sd3"), 0.5, torch.tensor([3]))
     with pytest.raises(ValueError, match="latent"):
         load_backbone(path, PromptEmbeddings.load(prompts), latent_shape=(3, 8, 8))
+
+
+# 5. Scale switches, in fresh processes (accelerate's state is per process) -------------------------------
+
+def _cli(*args, env=None, nproc: int = 1, tmp=None):
+    """Run ``pdmd-lab`` (under ``torchrun`` with gloo for ``nproc > 1``); returns the completed process."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    cmd = [str(bin_dir / "pdmd-lab"), "--threads", "1", *map(str, args)]
+    if nproc > 1:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [str(bin_dir / "torchrun"), f"--nproc_per_node={nproc}", f"--master_port={port}", "--no-python", *cmd]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=240)
+
+
+def _distill_args(folders, out, *extra):
+    path, prompts = folders["sd3"]
+    return ["distill", "--teacher", f"diffusers:{path}", "--method", "phased-dmd", "--steps", 2, "--phases", 2,
+            "--iters", 4, "--batch-size", 4, "--fake-updates", 1, "--lr-generator", 1e-3, "--lr-fake", 1e-3,
+            "--prompts", prompts, "--lora-rank", 4, "--latent-shape", "4,8,8", "--out", out, *extra]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(folders, tmp_path):
+    """``torchrun --nproc_per_node 2`` (CPU, gloo) x batch 2 ends with the adapters of 1 process x batch 4."""
+    from safetensors.torch import load_file
+
+    one = _cli(*_distill_args(folders, tmp_path / "one"))
+    two = _cli(*_distill_args(folders, tmp_path / "two"), nproc=2)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
+    assert io.read_config(tmp_path / "two")["processes"] == 2
+    for k in (1, 2):
+        a = load_file(str(tmp_path / "one" / f"expert_{k}.safetensors"))
+        b = load_file(str(tmp_path / "two" / f"expert_{k}.safetensors"))
+        assert a.keys() == b.keys()
+        assert max((a[n] - b[n]).abs().max().item() for n in a) < 1e-5
+        assert max(a[n].abs().max().item() for n in a if ".lora_B." in n) > 1e-4  # trained, not zeros
+
+
+@pytest.mark.slow
+def test_bf16_weights_mixed_precision_checkpointing(folders, tmp_path):
+    """bfloat16 base, ``--mixed-precision bf16`` (accelerate autocast) and gradient checkpointing train;
+    the adapters stay float32 and the base folder is untouched."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    weights = next(folders["sd3"][0].glob("*.safetensors"))
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    run = _cli(*_distill_args(folders, tmp_path / "bf16", "--weights-dtype", "bfloat16", "--mixed-precision", "bf16",
+                              "--gradient-checkpointing"))
+    assert run.returncode == 0, run.stderr[-2000:]
+    cfg = io.read_config(tmp_path / "bf16")
+    assert cfg["train"]["net"]["dtype"] == "bfloat16" and cfg["train"]["net"]["gradient_checkpointing"]
+    logs = [json.loads(line) for line in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
+    assert logs and all(torch.isfinite(torch.tensor(r["loss_fake"])) for r in logs)
+    saved = load_file(str(tmp_path / "bf16" / "expert_2.safetensors"))
+    assert {v.dtype for v in saved.values()} == {torch.float32}
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == digest

@@ -120,6 +120,7 @@ class LoRAExperts:
         for p, f in flags:  # add_adapter activates the new adapter and flips the others' flags
             p.requires_grad_(f)
         for p in self._params[name].values():
+            p.data = p.data.float()  # adapters train in float32 even on a bfloat16 base (peft casts around them)
             p.requires_grad_(True)
         self._active = name
         self.activate(previous if previous != "?" else None)
