@@ -6,7 +6,8 @@ inside Gradio request threads and in notebooks (where a returned figure is displ
 backend). Save with ``fig.savefig(path)``.
 
 Colours mean the same thing everywhere: classes use ``tab10`` (class c is colour c), methods
-have fixed colours (:func:`method_colors`), experts and phases run along ``plasma`` from noise to
+have fixed colours and markers (:func:`method_colors`, :func:`method_markers`; two models of one
+family get two shades of its colour), experts and phases run along ``plasma`` from noise to
 data. Phases and experts are numbered from 1 in every label ("phase 1..K", "expert 1..K"), as in
 the paper; ``Student.expert_index`` is 0-based.
 """
@@ -67,18 +68,46 @@ def class_color(c: int):
     return colormaps["tab10"](int(c) % 10)
 
 
-def method_colors(methods) -> dict[str, str]:
-    """A fixed colour per method name (``teacher`` grey, ``dmd`` red, ``phased-dmd`` blue, ...).
+def _shade(color, amount: float) -> str:
+    """``color`` mixed with white (``amount > 0``) or black (``amount < 0``) by ``|amount|``."""
+    from matplotlib.colors import to_hex
 
-    Names are matched on their start (longest known prefix), so ``"phased-dmd 4/4"`` is blue;
-    unknown names take the next free colour of a spare palette.
+    rgb = np.array(to_rgba(color)[:3])
+    target = 1.0 if amount > 0 else 0.0
+    return to_hex(rgb + abs(amount) * (target - rgb))
+
+
+_SHADES = (0.0, -0.4, 0.45, -0.65, 0.7)  # variants of a family colour: base, darker, lighter, ...
+METHOD_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+
+def method_colors(methods) -> dict[str, str]:
+    """A distinct colour per method name (``teacher`` grey, ``dmd`` red, ``phased-dmd`` blue, ...).
+
+    Names are matched on their start (longest known prefix), so ``"phased-dmd 4/4"`` is blue. The
+    first name of a family takes the family colour; further names of the same family (``phased-dmd-4s2p``
+    after ``phased-dmd-4s4p``, ``teacher 4 steps`` after ``teacher 50 steps``) take darker / lighter
+    shades of it, so no two names share a colour. Unknown names take the next colour of a spare palette.
     """
     out, spare = {}, iter(_EXTRA_COLORS * (1 + len(methods) // len(_EXTRA_COLORS)))
     prefixes = sorted(METHOD_COLORS, key=len, reverse=True)
+    seen: dict[str, int] = {}
     for m in dict.fromkeys(methods):
         key = next((p for p in prefixes if str(m).lower().startswith(p)), None)
-        out[m] = METHOD_COLORS[key] if key else next(spare)
+        if key is None:
+            out[m] = next(spare)
+            continue
+        base = METHOD_COLORS[key]
+        j = seen.get(base, 0)
+        seen[base] = j + 1
+        out[m] = base if j == 0 else _shade(base, _SHADES[j % len(_SHADES)] or 0.25)
     return out
+
+
+def method_markers(methods) -> dict[str, str]:
+    """A distinct marker per method name, in order of first appearance (``o``, ``s``, ``^``, ...)."""
+    names = list(dict.fromkeys(methods))
+    return {m: METHOD_MARKERS[i % len(METHOD_MARKERS)] for i, m in enumerate(names)}
 
 
 def expert_colors(num_experts: int) -> list:
@@ -512,10 +541,15 @@ def embedding_figure(points, methods: list[str], labels, *, title: str | None = 
     y = _labels_np(labels, len(xy))
     fig = _new_figure(10, 5.4 + (0.3 if title else 0))
     ax_m, ax_c = fig.subplots(1, 2, sharex=True, sharey=True)
-    colors = method_colors(methods)
-    order = np.random.default_rng(0).permutation(len(xy))  # no method hides under the last one drawn
-    ax_m.scatter(xy[order, 0], xy[order, 1], s=9, c=[colors[methods[i]] for i in order], alpha=0.65, lw=0)
-    handles = [Line2D([], [], ls="", marker="o", ms=5, color=col, label=m) for m, col in colors.items()]
+    colors, markers = method_colors(methods), method_markers(methods)
+    names = np.array(methods)
+    order = np.random.default_rng(0).permutation(len(xy))
+    for chunk in np.array_split(order, 5):  # interleaved layers: no method hides under the last one drawn
+        for m in colors:
+            idx = chunk[names[chunk] == m]
+            if len(idx):
+                ax_m.scatter(xy[idx, 0], xy[idx, 1], s=10, color=colors[m], marker=markers[m], alpha=0.65, lw=0)
+    handles = [Line2D([], [], ls="", marker=markers[m], ms=5, color=col, label=m) for m, col in colors.items()]
     ax_m.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=min(len(colors), 4),
                 fontsize=8, frameon=False)
     ax_m.set_title("by method", fontsize=10)
@@ -641,3 +675,230 @@ def metrics_bar_figure(table: dict, metrics: list[str], *, title: str | None = N
     if title:
         fig.suptitle(title)
     return fig
+
+
+# Within one class: each model's cloud against the reference's ----------------------------------
+
+def _default_class_scores(ref: np.ndarray, pts: np.ndarray) -> dict[str, float]:
+    """Spread (mean pairwise distance, relative to the reference's) and PRDC coverage of the 2D points."""
+    from pdmd_lab import metrics
+
+    out = {}
+    if len(ref) >= 2 and len(pts) >= 2:
+        out["spread"] = metrics.pairwise_distance(torch.as_tensor(pts)) / max(
+            metrics.pairwise_distance(torch.as_tensor(ref)), 1e-12)
+    k = min(5, len(ref) - 1)
+    if k >= 1 and len(pts) >= 1:
+        out["coverage"] = metrics.prdc(torch.as_tensor(ref), torch.as_tensor(pts), k=k)["coverage"]
+    return out
+
+
+def class_embedding_figure(points: dict, *, reference: str | None = None, scores: dict | None = None,
+                           title: str | None = None, max_cols: int = 3) -> Figure:
+    """Within one class: the reference's (teacher's) cloud against each other model's, one panel each.
+
+    ``points[name]`` is ``(n, 2)`` embedding coordinates of one model's samples of the class, all
+    projected together so the panels share their axes. ``reference`` (default: the first name) is
+    drawn in every panel, the panel's model on top of it, each in its own colour and marker
+    (:func:`method_colors`, :func:`method_markers`). Each panel carries ``scores[name]`` (a dict of
+    numbers, e.g. measured in feature space by the caller); by default the spread (mean pairwise
+    distance relative to the reference's: 1 = as spread as the reference, near 0 = collapsed) and
+    the coverage (share of reference points with a model point among their 5 nearest neighbours,
+    :func:`pdmd_lab.metrics.prdc`) of the 2D points shown.
+    """
+    if not points:
+        raise ValueError("points must hold at least one model")
+    data = {str(k): _np(v) for k, v in points.items()}
+    for name, xy in data.items():
+        if xy.ndim != 2 or xy.shape[1] != 2:
+            raise ValueError(f"class_embedding_figure needs 2D points (n, 2); {name!r} has shape {xy.shape}")
+    names = list(data)
+    reference = names[0] if reference is None else str(reference)
+    if reference not in data:
+        raise ValueError(f"reference {reference!r} is not one of the models: {', '.join(names)}")
+    others = [n for n in names if n != reference] or [reference]
+    colors, markers = method_colors(names), method_markers(names)
+    n = len(others)
+    cols = max(1, min(n, max_cols))
+    fig = _new_figure(3.3 * cols + 0.2, 3.5 * math.ceil(n / cols) + (0.5 if title else 0.1))
+    axes = _grid(fig, n, max_cols, sharex=True, sharey=True)
+    xlim, ylim = _square_limits(list(data.values()))
+    ref = data[reference]
+    for ax, name in zip(axes, others):
+        ax.scatter(ref[:, 0], ref[:, 1], s=16, color=colors[reference], marker=markers[reference], alpha=0.35,
+                   lw=0, label=reference, zorder=2)
+        if name != reference:
+            xy = data[name]
+            ax.scatter(xy[:, 0], xy[:, 1], s=18, color=colors[name], marker=markers[name], alpha=0.85,
+                       lw=0.3, edgecolors="white", label=name, zorder=3)
+        sc = (scores or {}).get(name)
+        if sc is None:
+            sc = _default_class_scores(ref, data[name])
+        text = "\n".join(f"{k} {v:.2f}" if _is_number(v) else f"{k} {v}" for k, v in sc.items())
+        if text:
+            ax.text(0.03, 0.97, text, transform=ax.transAxes, ha="left", va="top", fontsize=8, zorder=5,
+                    bbox=dict(fc="white", ec="#bbbbbb", alpha=0.85, pad=2.0))
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(name if name == reference else f"{name} vs {reference}", fontsize=9)
+        ax.legend(loc="lower right", fontsize=7, frameon=True, framealpha=0.8, markerscale=1.2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+# Animations ------------------------------------------------------------------------------------
+
+def _frame_plan(n_steps: int, frames_per_step: int | None, hold_start: int, hold_end: int) -> list[tuple[int, float]]:
+    """(step i, fraction a of it) per frame: a still start, ``frames_per_step`` per step, a still end."""
+    f = max(1, 24 // n_steps) if frames_per_step is None else int(frames_per_step)
+    if f < 1:
+        raise ValueError(f"frames_per_step must be >= 1, got {frames_per_step!r}")
+    plan = [(0, 0.0)] * hold_start
+    plan += [(i, (j + 1) / f) for i in range(n_steps) for j in range(f)]
+    return plan + [(n_steps - 1, 1.0)] * hold_end
+
+
+def trajectory_animation(traj: list, expert_index: list[int], *, gmm=None, labels=None, dataset: str = "",
+                         step_times=None, frames_per_step: int | None = None, hold_start: int = 3,
+                         hold_end: int = 8, max_samples: int = 8, interval: int = 100, title: str | None = None):
+    """The trajectory of :func:`trajectory_figure` as a :class:`matplotlib.animation.FuncAnimation`.
+
+    ``traj = [x_{t_0}, ..., x_{t_N}]`` and ``expert_index[i]`` (0-based) as for
+    :func:`trajectory_figure`. Between two states the frames interpolate linearly (exact for Euler
+    steps, which move along straight lines). 2D points: the moving points take the colour of the
+    expert moving them, each sample leaves a trail coloured by expert, and the last frames colour the
+    outputs by class. Images: the first ``max_samples`` samples side by side, framed in the colour of
+    the active expert. The title gives ``t`` and the expert. ``frames_per_step`` defaults to
+    ``24 // N`` (at least 1). Save with :func:`animation_to_gif` (Pillow, no ffmpeg needed) or
+    ``anim.to_jshtml()``.
+    """
+    from matplotlib.animation import FuncAnimation
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    states = [_np(s) for s in traj]
+    n_steps = len(states) - 1
+    if n_steps < 1:
+        raise ValueError("traj must hold at least two states [x_{t_0}, x_{t_1}, ...]")
+    expert_index = [int(k) for k in expert_index]
+    if len(expert_index) != n_steps:
+        raise ValueError(f"expert_index needs one entry per step ({n_steps}), got {len(expert_index)}")
+    ts = _np(flow.step_times(n_steps) if step_times is None else step_times)
+    if len(ts) != n_steps + 1:
+        raise ValueError(f"step_times needs {n_steps + 1} entries, got {len(ts)}")
+    colors = expert_colors(max(expert_index) + 1)
+    plan = _frame_plan(n_steps, frames_per_step, hold_start, hold_end)
+    first = states[0]
+    y = _labels_np(labels, len(first))
+    gmm = gmm if gmm is not None else _gmm_of(dataset)
+
+    def caption(i: int, a: float) -> str:
+        t = ts[i] + a * (ts[i + 1] - ts[i])
+        if a == 0.0 and i == 0:
+            return f"t = {t:.2f}: noise"
+        return f"step {i + 1}/{n_steps}, t = {t:.2f}: expert {expert_index[i] + 1}"
+
+    if first.ndim == 2 and first.shape[1] == 2:
+        path = np.stack(states, 1)  # (B, N + 1, 2)
+        fig = _new_figure(4.6, 4.9)
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        if gmm is not None:
+            _draw_modes(ax, gmm)
+        trails = [ax.add_collection(LineCollection([], colors=[to_rgba(colors[k], 0.55)], lw=0.8, zorder=2))
+                  for k in expert_index]
+        dots = ax.scatter(first[:, 0], first[:, 1], s=12, c="#999999", lw=0, zorder=4)
+        end_colors = (np.array([to_rgba("#333333")] * len(first)) if y is None
+                      else np.array([to_rgba(class_color(c)) for c in y]))
+        xlim, ylim = _square_limits([path.reshape(-1, 2)], gmm, margin=0.04)
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        handles = [Line2D([], [], color=colors[k], lw=2, label=f"expert {k + 1}") for k in sorted(set(expert_index))]
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=8,
+                   frameon=False)
+        head = ax.set_title("", fontsize=9)
+        if title:
+            fig.suptitle(title, fontsize=10)
+
+        def update(frame: int):
+            i, a = plan[frame]
+            pos = path[:, i] + a * (path[:, i + 1] - path[:, i])
+            for k, lc in enumerate(trails):
+                if k < i:
+                    lc.set_segments(list(path[:, k: k + 2]))
+                elif k == i and a > 0:
+                    lc.set_segments(list(np.stack([path[:, i], pos], 1)))
+                else:
+                    lc.set_segments([])
+            dots.set_offsets(pos)
+            done = i == n_steps - 1 and a == 1.0
+            dots.set_facecolor(end_colors if done else ("#999999" if a == 0.0 and i == 0
+                                                        else colors[expert_index[i]]))
+            head.set_text(caption(i, a) + ("  (outputs by class)" if done and y is not None else ""))
+            return [*trails, dots, head]
+    elif first.ndim in (3, 4):
+        b = min(len(first), max_samples)
+        seq = [s[:b] for s in states]
+        grid0 = image_grid_array(seq[0], b)
+        fig = _new_figure(min(10.0, 1.1 * b + 0.4), 1.1 * grid0.shape[0] / grid0.shape[1] * b + 0.6)
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        im = ax.imshow(grid0, cmap="gray" if grid0.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        head = ax.set_title("", fontsize=9)
+        if title:
+            fig.suptitle(title, fontsize=10)
+
+        def update(frame: int):
+            i, a = plan[frame]
+            im.set_data(image_grid_array(seq[i] + a * (seq[i + 1] - seq[i]), b))
+            color = "#999999" if (i == 0 and a == 0.0) else colors[expert_index[i]]
+            for side in ax.spines.values():
+                side.set_edgecolor(color)
+                side.set_linewidth(3)
+            head.set_text(caption(i, a))
+            return [im, head]
+    else:
+        raise ValueError(f"trajectory states must be points (B, 2) or images (B, C, H, W), got {first.shape}")
+    update(0)
+    return FuncAnimation(fig, update, frames=len(plan), interval=interval, blit=False, repeat=True)
+
+
+def animation_to_gif(anim, path=None, *, fps: float | None = None, dpi: int = 72) -> bytes:
+    """Render ``anim`` to an animated GIF with Pillow (no ffmpeg); write it to ``path`` when given.
+
+    Returns the GIF's bytes (``IPython.display.Image(data=..., format="gif")`` shows them in a
+    notebook; the app serves the file). ``fps`` defaults to the animation's own interval.
+    """
+    import tempfile
+
+    from matplotlib.animation import PillowWriter
+    from PIL import Image
+
+    class _Writer(PillowWriter):
+        """Pillow's GIF writer with a per-frame palette and no dithering: far smaller files for plots."""
+
+        def finish(self):
+            # One palette for all frames (from the last one, which has every colour of the plot), so
+            # that Pillow stores each frame as its difference from the previous one.
+            palette = self._frames[-1].convert("RGB").quantize(colors=colors, dither=Image.Dither.NONE)
+            frames = [f.convert("RGB").quantize(palette=palette, dither=Image.Dither.NONE) for f in self._frames]
+            frames[0].save(self.outfile, save_all=True, append_images=frames[1:], duration=int(1000 / self.fps),
+                           loop=0, optimize=True)
+
+    colors = 64
+    fps = fps if fps is not None else 1000.0 / max(1, getattr(anim, "_interval", 100))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "anim.gif"
+        anim.save(str(out), writer=_Writer(fps=fps), dpi=dpi)
+        data = out.read_bytes()
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
