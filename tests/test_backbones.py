@@ -445,3 +445,20 @@ def test_bf16_weights_mixed_precision_checkpointing(folders, tmp_path):
     saved = load_file(str(tmp_path / "bf16" / "expert_2.safetensors"))
     assert {v.dtype for v in saved.values()} == {torch.float32}
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == digest
+
+
+# 6. Memory of one generator step: LoRA experts flat in N and K, below full-weight experts ----------------
+
+def test_generator_step_memory_lora_flat_and_smallest():
+    from pdmd_lab.backbones.memory import memory_markdown, memory_table
+
+    rows = memory_table((1, 4), latent=(4, 8, 8), num_layers=8)
+    one, four = rows
+    assert abs(four["lora_mb"] - one["lora_mb"]) < 0.1 * one["lora_mb"]  # 4x the steps and experts: ~flat
+    assert four["lora_mb"] < 0.5 * four["full_mb"] and one["lora_mb"] < 0.5 * one["full_mb"]
+    # Full weights: teacher + K experts + fake score copies; LoRA: one base plus K + 1 adapters.
+    assert four["full_weights_mb"] == pytest.approx(one["full_weights_mb"] * 6 / 3, rel=1e-6)
+    assert four["lora_weights_mb"] < 1.2 * one["lora_weights_mb"]
+    assert four["backprop_mb"] > 1.5 * one["backprop_mb"]  # activations of all N steps
+    assert four["lora_trainable"] == one["lora_trainable"] < 0.2 * one["full_trainable"]
+    assert "| 4 |" in memory_markdown(rows)

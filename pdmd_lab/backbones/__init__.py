@@ -29,3 +29,14 @@ __all__ = [
     "LoRAStudent", "PromptEmbeddings", "adapter_for", "encode_prompts", "find_model", "load_backbone", "read_prompts",
     "register_adapter", "resolve_prompts",
 ]
+
+
+def _register_bench() -> None:
+    """``pdmd-lab bench`` also measures one generator step on a tiny SD3 (:mod:`pdmd_lab.backbones.memory`)."""
+    from pdmd_lab import bench
+    from pdmd_lab.backbones.memory import bench_backbone_memory
+
+    bench.EXTRA_BENCHES.setdefault("backbone_memory", bench_backbone_memory)
+
+
+_register_bench()
