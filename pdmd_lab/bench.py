@@ -19,7 +19,7 @@ from pdmd_lab import zoo
 from pdmd_lab.data import get_dataset
 from pdmd_lab.evaluate import _batch_noise, _fmt, _labels, _write_outputs
 
-EXTRA_BENCHES: dict = {}  # name -> fn(quick) -> (dict, markdown); registered by optional parts
+EXTRA_BENCHES: dict = {}  # name -> fn(quick) -> (data, markdown); registered by optional parts, kept in result["extra"]
 
 def _timed(fn, repeats: int = 3) -> float:
     fn()  # warm-up
@@ -129,8 +129,13 @@ def bench(quick: bool = False, out: Path | None = None, *, progress: bool = Fals
     result = {"quick": quick, "family": family, "sampling_batch": batch, "sampling": sampling,
               "memory_batch": mem_batch, "memory_net": "mnist teacher UNet" if family == "mnist" else "fresh UNet",
               "memory": memory, "threads": torch.get_num_threads()}
+    from pdmd_lab.distill.methods import load_plugins
+
+    load_plugins()  # optional parts register their benches (pdmd_lab.backbones: memory on a tiny SD3)
+    result["extra"] = {}
     for name, fn in EXTRA_BENCHES.items():
-        result[name] = fn(quick)
+        data, markdown = fn(quick)
+        result["extra"][name] = {"data": data, "markdown": markdown}
     return _write_outputs(result, out, "bench", bench_markdown)
 
 
@@ -146,4 +151,5 @@ def bench_markdown(result: dict) -> str:
     for r in result["memory"]:
         lines.append(f"| {r['N']} | {_fmt(r['phased_saved_mb'])} | {_fmt(r['full_saved_mb'])} | "
                      f"{_fmt(r['memory_ratio'])} | {_fmt(r['phased_ms'])} | {_fmt(r['full_ms'])} |")
-    return "\n".join(lines) + "\n"
+    extras = [e["markdown"] for e in result.get("extra", {}).values()]
+    return "\n".join(lines + [""] + extras) + "\n"
