@@ -67,7 +67,7 @@ class GaussianMixture:
         table = torch.cat([self.weights, uncond[None]], 0)  # (C + 1, K)
         if labels is None:
             return uncond[None]
-        return table[torch.as_tensor(labels, dtype=torch.long).cpu()]
+        return table[torch.as_tensor(labels, dtype=torch.long).to(table.device)]
 
     def sample(self, n: int, seed=None, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``n`` points; labels are drawn from the class prior unless given."""
@@ -103,7 +103,7 @@ class GaussianMixture:
         ``E[eps | x_t, k] = t (x_t - (1 - t) mu_k) / var_k`` with ``var_k = (1 - t)^2 s_k^2 + t^2``;
         the modes are mixed by their posterior responsibilities.
         """
-        t = torch.as_tensor(t, dtype=torch.float64).expand(len(x_t))
+        t = torch.as_tensor(t, dtype=torch.float64, device=x_t.device).expand(len(x_t))
         logp, diff, var, tt = self._component_stats(x_t, t)
         w = self.mode_weights(labels).expand(len(x_t), -1)
         resp = torch.softmax(logp + torch.log(w.clamp_min(1e-300)), 1)  # (B, K)
@@ -111,6 +111,11 @@ class GaussianMixture:
         x0_k = self.means[None] + (1 - tt) * self.stds[None, :, None] ** 2 * diff / var
         v = (resp[..., None] * (eps_k - x0_k)).sum(1)
         return v.to(x_t.dtype)
+
+    def to(self, device) -> "GaussianMixture":
+        """A copy whose tensors live on ``device`` (the oracle then runs where the nets run)."""
+        return GaussianMixture(self.means.to(device), self.stds.to(device), self.weights.to(device),
+                               self.class_prior.to(device))
 
     def assign_modes(self, x: torch.Tensor, num_std: float = 3.0) -> torch.Tensor:
         """Nearest mode of each point, or -1 when it is farther than ``num_std`` standard deviations."""

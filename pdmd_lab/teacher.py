@@ -33,6 +33,7 @@ class OracleTeacher(Denoiser):
         self.gmm = gmm
         self.dataset = dataset
         self._num_classes = gmm.num_classes
+        self._on_device: dict = {}
         self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
 
     @property
@@ -41,8 +42,12 @@ class OracleTeacher(Denoiser):
 
     def forward(self, x, t, class_labels=None):
         t = self._times(t, x.shape[0], x)
-        labels = None if class_labels is None else self._labels(class_labels, x.shape[0], x.device).cpu()
-        return self.gmm.velocity(x.cpu(), t.detach().cpu(), labels).to(x.device)
+        labels = None if class_labels is None else self._labels(class_labels, x.shape[0], x.device)
+        if x.device.type == "cpu":
+            return self.gmm.velocity(x, t.detach(), labels)
+        if str(x.device) not in self._on_device:  # float64 mixture on the nets' device (GPU runs)
+            self._on_device[str(x.device)] = self.gmm.to(x.device)
+        return self._on_device[str(x.device)].velocity(x, t.detach(), labels)
 
 
 class Guided(nn.Module):

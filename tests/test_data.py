@@ -10,16 +10,17 @@ import torch
 from pdmd_lab import flow
 from pdmd_lab.data import DATASETS, GaussianMixture, ImageData, diffuse, get_dataset
 
-TOY = ["ring-mix", "grid25", "moons", "swiss-roll", "checkerboard"]
+TOY = ["ring-mix", "grid25", "grid-mix", "moons", "swiss-roll", "checkerboard"]
 IMAGES = ["digits", "mnist"]
+TOKENS = ["ring-mix-tokens", "mnist-binary"]
 
 
 def test_registry_names():
-    assert list(DATASETS) == TOY + IMAGES
+    assert list(DATASETS) == TOY + IMAGES + TOKENS
     for name, ds in DATASETS.items():
         assert ds.name == name and get_dataset(name) is ds
-        assert ds.kind in ("2d", "image") and ds.num_classes >= 1
-        assert (ds.gmm is not None) == (name in ("ring-mix", "grid25"))
+        assert ds.kind in ("2d", "image", "tokens") and ds.num_classes >= 1
+        assert (ds.gmm is not None) == (name in ("ring-mix", "grid25", "grid-mix"))
 
 
 def test_unknown_dataset():
