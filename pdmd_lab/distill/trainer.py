@@ -23,12 +23,11 @@ A run folder holds the student (``config.json``, ``expert_k.safetensors``), ``lo
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -36,62 +35,12 @@ import torch
 from tqdm.auto import tqdm
 
 from pdmd_lab import io
-from pdmd_lab.distill.methods import Draw, Method, get_method
+from pdmd_lab.distill.config import DistillConfig
+from pdmd_lab.distill.methods import Draw, Method
 from pdmd_lab.student import Student
 from pdmd_lab.teacher import Guided, iteration_generator
 
 _ORACLE_FITS: dict = {}  # in-process cache of starting nets fitted to oracle teachers (also cached on disk)
-
-
-@dataclass
-class DistillConfig:
-    """Everything a distillation run needs, method options included (``options``, checked by the method)."""
-
-    teacher: str = "oracle:ring-mix"  # oracle:<dataset>, a teacher folder, or another registered spec
-    method: str = "phased-dmd"
-    steps: int = 4
-    shift: float = 1.0  # time shift of the student's step times
-    options: dict = field(default_factory=dict)  # the method's own options (see `pdmd-lab distill --help`)
-    cfg: float = 3.0  # CFG scale of the real score, standard form (1 = none)
-    iters: int = 1000  # generator updates in total (split equally over the phases; must divide)
-    batch_size: int = 256  # global batch (split over processes)
-    lr_generator: float = 1e-4
-    lr_fake: float = 1e-4  # learning rate of the critic
-    fake_updates_per_generator_update: int = 5  # critic updates per generator update
-    grad_clip: float = 10.0
-    seed: int = 0
-    checkpoint_every: int = 100
-    log_every: int = 10
-    init_iters: int = 2000  # oracle teachers: iterations fitting the net experts and critics start from
-    net: dict = field(default_factory=dict)  # oracle teachers: network config (default: the dataset's MLP)
-
-    def __post_init__(self):
-        if self.cfg < 0:
-            raise ValueError(f"cfg must be >= 0, got {self.cfg}")
-        for name in ("iters", "batch_size", "fake_updates_per_generator_update", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.shift <= 0:
-            raise ValueError(f"shift must be > 0, got {self.shift}")
-        m = self.build_method()
-        if self.iters % m.num_phases:
-            raise ValueError(f"iters={self.iters} must be a multiple of the number of phases ({m.num_phases})")
-
-    @classmethod
-    def from_flat(cls, **kwargs) -> "DistillConfig":
-        """Build from one flat dict (recipes, the CLI): keys that are not shared fields are method options."""
-        shared = {f.name for f in dataclasses.fields(cls)}
-        options = dict(kwargs.pop("options", {}) or {})
-        options.update({k: kwargs.pop(k) for k in list(kwargs) if k not in shared})
-        return cls(**kwargs, options=options)
-
-    def build_method(self) -> Method:
-        return get_method(self.method).from_options(self.steps, self.shift, self.options)
-
-    def flat(self) -> dict:
-        """The inverse of :meth:`from_flat`."""
-        d = asdict(self)
-        return {**{k: v for k, v in d.items() if k != "options"}, **d["options"]}
 
 
 class GaussianPrior:
@@ -370,12 +319,25 @@ def oracle_init_net(teacher_spec: str, teacher, net_cfg: dict, dataset, iters: i
 # One call ----------------------------------------------------------------------------------------------
 
 TEACHER_LOADERS: dict[str, Callable] = {}  # spec prefix -> fn(config, device) -> (teacher, init_net, prior, info)
+TEACHER_CLAIMS: dict[str, Callable] = {}  # spec prefix -> claims(spec) -> bool, for specs without that prefix
 
 
-def register_teacher_loader(prefix: str, fn: Callable) -> None:
+def register_teacher_loader(prefix: str, fn: Callable, claims: Callable | None = None) -> None:
     """Resolve teacher specs ``<prefix>:...`` (e.g. ``diffusers:PATH``) with ``fn(config, device, state)``
-    returning ``(teacher, init_net, prior, info)``; ``info`` holds ``dataset``, ``shape`` and ``save_init``."""
+    returning ``(teacher, init_net, prior, info)``; ``info`` holds ``dataset``, ``shape`` and ``save_init``.
+    ``claims(spec)``, when given, routes other specs to ``fn`` too (masked-diffusion teachers claim
+    ``oracle:<token dataset>`` and their folders, :mod:`pdmd_lab.discrete`)."""
     TEACHER_LOADERS[prefix] = fn
+    if claims is not None:
+        TEACHER_CLAIMS[prefix] = claims
+
+
+def teacher_loader(spec: str) -> Callable | None:
+    """The registered loader of a teacher spec, or None for the kit's continuous specs."""
+    for prefix, claims in TEACHER_CLAIMS.items():
+        if claims(spec):
+            return TEACHER_LOADERS[prefix]
+    return TEACHER_LOADERS.get(spec.split(":", 1)[0] if ":" in spec else "")
 
 
 def _continuous_setup(config: DistillConfig, device, state, progress: bool):
@@ -422,8 +384,12 @@ def build_distiller(config: DistillConfig, out=None, *, progress: bool = True, *
         from pdmd_lab.distill.methods import load_plugins
 
         load_plugins()  # e.g. pdmd_lab.backbones registers diffusers:PATH
-    if prefix in TEACHER_LOADERS:
-        teacher, init, prior, info = TEACHER_LOADERS[prefix](config, "cpu", state)
+    loader = teacher_loader(config.teacher)
+    if loader is not None:
+        teacher, init, prior, info = loader(config, "cpu", state)
+    elif method.teacher_kind != "continuous":  # refused before a starting net is fitted for nothing
+        raise ValueError(f"method {method.name!r} distils {method.teacher_kind} teachers; "
+                         f"{config.teacher!r} is a continuous teacher")
     else:
         teacher, init, prior, info = _continuous_setup(config, "cpu", state, progress and main)
     kind = getattr(teacher, "teacher_kind", "continuous")
