@@ -1,7 +1,13 @@
-"""The Compare tab in a real browser: Debian's Chromium driven by Playwright (no downloaded browsers).
+"""The app in a real browser: Debian's Chromium driven by Playwright (no downloaded browsers).
 
-Loads the page, picks a class, clicks Generate and waits for all six panels. Screenshots go to
-``tmp_path``; with ``PDMD_SAVE_SCREENSHOT=1`` also to ``assets/screenshot_compare.png``.
+* Compare: pick a class, click Generate; the panels stream in, every distilled student's before the
+  50-step teacher's (the order is recorded in the page by a MutationObserver, so a slow machine
+  changes the timings, not the order), and the teacher's caption counts while it computes.
+* Collapse lab: train two methods side by side for a few updates and see both scatters, the curves
+  and the finished status.
+
+With ``PDMD_SAVE_SCREENSHOT=1`` the screenshots of every tab also go to ``assets/screenshots/``
+(palette PNGs, small) and ``assets/screenshot_compare.png``; the tab tour runs only then.
 """
 
 from __future__ import annotations
@@ -19,8 +25,26 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SAVE = os.environ.get("PDMD_SAVE_SCREENSHOT") == "1"
+SHOTS = ROOT / "assets" / "screenshots"
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing (apt-get install chromium)")]
+
+# Records, per Compare panel, the order in which its image first appears, and whether the teacher's
+# caption said "computing" before its image came.
+OBSERVE = """() => {
+  window.__order = []; window.__computing = false;
+  const seen = new Set();
+  const check = () => {
+    for (let i = 0; i < 6; i++) {
+      if (!seen.has(i) && document.querySelector(`#panel-${i} img`)) { seen.add(i); window.__order.push(i); }
+    }
+    const cap = document.querySelector('#caption-0');
+    if (cap && cap.innerText.includes('computing') && !seen.has(0)) window.__computing = true;
+  };
+  new MutationObserver(check).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
 
 
 def free_port() -> int:
@@ -31,8 +55,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def url():
+    from app import live
     from app.app import build_app
 
+    init = live.DISTILL_INIT_ITERS
+    live.DISTILL_INIT_ITERS = 30  # a rough starting net is enough to watch the lab run
     demo = build_app()
     demo.queue(default_concurrency_limit=4).launch(prevent_thread_lock=True, server_name="127.0.0.1",
                                                    server_port=free_port(), quiet=True)
@@ -40,33 +67,117 @@ def url():
         yield demo.local_url
     finally:
         demo.close()
+        live.DISTILL_INIT_ITERS = init
 
 
-def test_compare_in_browser(url, tmp_path):
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
-    save = os.environ.get("PDMD_SAVE_SCREENSHOT") == "1"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu",
-                                                                    "--disable-background-networking"])
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1500})
-            page.goto(url, wait_until="domcontentloaded")
-            page.get_by_role("button", name="Generate").wait_for(timeout=30_000)
-            page.locator("#class-dd input").click()
-            page.get_by_role("option", name="3", exact=True).click()
-            count = page.locator("#count-num input")
-            count.fill("16" if save else "4")
-            page.get_by_role("button", name="Generate").click()
-            for i in range(6):
-                page.locator(f"#panel-{i} img").first.wait_for(state="visible", timeout=120_000)
-            page.locator("#caption-5").filter(has_text="DP-DMD").wait_for(timeout=30_000)
-            assert "class 3" in page.locator("#summary").inner_text()
-            assert "NFE" in page.locator("#caption-0").inner_text()
-            shot = tmp_path / "compare.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            if save:
-                shutil.copy(shot, ROOT / "assets" / "screenshot_compare.png")
+            yield b
         finally:
-            browser.close()
+            b.close()
+
+
+def _open(browser, url, height=1500):
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.goto(url, wait_until="domcontentloaded")
+    page.get_by_role("button", name="Generate").wait_for(timeout=60_000)
+    return page
+
+
+def _save(page, name: str, tmp_path: Path, full_page: bool = True) -> Path:
+    shot = tmp_path / f"{name}.png"
+    page.screenshot(path=str(shot), full_page=full_page)
+    assert shot.stat().st_size > 10_000
+    if SAVE:
+        from PIL import Image
+
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        img = Image.open(shot).convert("RGB")
+        img.quantize(colors=128).save(SHOTS / f"{name}.png", optimize=True)
+    return shot
+
+
+def test_compare_streams_students_before_the_teacher(url, browser, tmp_path):
+    page = _open(browser, url)
+    try:
+        page.locator("#class-dd input").click()
+        page.get_by_role("option", name="3", exact=True).click()
+        page.locator("#seed-num input").fill("31337")  # a seed no other request used: the teacher is computed
+        page.locator("#count-num input").fill("16" if SAVE else "4")
+        page.evaluate(OBSERVE)
+        page.get_by_role("button", name="Generate").click()
+        page.locator("#panel-2 img").first.wait_for(state="visible", timeout=120_000)
+        if SAVE:  # the students are in, the teacher's panel shows its progress
+            page.wait_for_timeout(1500)
+            _save(page, "compare_streaming", tmp_path, full_page=False)
+        for i in range(6):
+            page.locator(f"#panel-{i} img").first.wait_for(state="visible", timeout=300_000)
+        page.locator("#caption-5").filter(has_text="DP-DMD").wait_for(timeout=30_000)
+        order = page.evaluate("window.__order")
+        assert sorted(order) == list(range(6))
+        assert order.index(0) == 5, order  # the 50-step teacher comes last
+        assert all(order.index(i) < order.index(1) for i in (2, 3, 4, 5)), order  # students before teachers
+        if "mnist" in page.locator("#summary").inner_text():  # a 50-step UNet takes long enough to be seen
+            assert page.evaluate("window.__computing")
+        assert "class 3" in page.locator("#summary").inner_text()
+        assert "NFE" in page.locator("#caption-0").inner_text()
+        shot = _save(page, "compare", tmp_path)
+        if SAVE:
+            shutil.copy(SHOTS / "compare.png", ROOT / "assets" / "screenshot_compare.png")
+        # A repeated click: the cached teacher is now the first panel in.
+        page.evaluate(OBSERVE)
+        page.get_by_role("button", name="Generate").click()
+        page.locator("#caption-0").filter(has_text="cached").wait_for(timeout=120_000)
+        assert shot.exists()
+    finally:
+        page.close()
+
+
+def test_collapse_lab_trains_two_methods_side_by_side(url, browser, tmp_path):
+    page = _open(browser, url, height=1700)
+    try:
+        page.get_by_role("tab", name="Collapse lab").click()
+        page.locator("#lab-iters input").fill("4")
+        page.locator("#lab-btn").click()
+        status = page.locator("#lab-status")
+        status.filter(has_text="update").wait_for(timeout=300_000)  # streaming: progress before the end
+        status.filter(has_text="done in").wait_for(timeout=600_000)
+        text = status.inner_text()
+        assert text.count("✓") == 2 and "dmd-1s" in text and "phased-dmd-4s4p" in text
+        for el in ("#lab-scatter-a", "#lab-scatter-b", "#lab-curves"):
+            page.locator(f"{el} img").first.wait_for(state="visible", timeout=60_000)
+        _save(page, "collapse_lab", tmp_path)
+    finally:
+        page.close()
+
+
+@pytest.mark.skipif(not SAVE, reason="the tab tour only takes screenshots (PDMD_SAVE_SCREENSHOT=1)")
+def test_tab_tour_screenshots(url, browser, tmp_path):
+    page = _open(browser, url, height=1700)
+    try:
+        page.get_by_role("tab", name="Phases").click()
+        page.get_by_role("button", name="Show phases").click()
+        page.locator("#trajectory-btn").click()
+        page.locator("#trajectory-anim img").first.wait_for(state="visible", timeout=300_000)
+        page.wait_for_timeout(1500)
+        _save(page, "phases", tmp_path)
+        page.get_by_role("tab", name="Diversity").click()
+        page.get_by_role("button", name="Embed").click()
+        page.get_by_role("button", name="Compare within the class").click()
+        page.get_by_text("coverage of teacher").wait_for(timeout=300_000)
+        page.get_by_text("Vendi |").first.wait_for(timeout=300_000)
+        page.wait_for_timeout(1500)
+        _save(page, "diversity", tmp_path)
+        page.get_by_role("tab", name="Distill live").click()
+        page.get_by_label("iterations (4..2000)").fill("40")
+        page.get_by_role("button", name="Distill").click()
+        page.get_by_text("done:").wait_for(timeout=300_000)
+        page.wait_for_timeout(1500)
+        _save(page, "distill_live", tmp_path)
+    finally:
+        page.close()
