@@ -10,13 +10,15 @@ phase of an N-step, K = N phase student, on a tiny 8-layer ``SD3Transformer2DMod
   truncation), the alternative Phased DMD's progressive training avoids.
 
 On a GPU the peak is ``torch.cuda.max_memory_allocated`` over the measured step (after a warm-up
-critic and generator step, so optimizer states exist). On CPU it is an estimate: every resident tensor
-(weights, gradients, optimizer states of both players; distinct storages) plus the tensors autograd
-saves for backward during the step (``saved_tensors_hooks``); transient buffers are not counted.
+critic and generator step, so optimizer states exist), less what was allocated before the run was
+built. On CPU it is an estimate: every resident tensor (weights, gradients, optimizer states of both
+players; distinct storages) plus the tensors autograd saves for backward during the step
+(``saved_tensors_hooks``); transient buffers are not counted.
 """
 
 from __future__ import annotations
 
+import gc
 import tempfile
 from pathlib import Path
 
@@ -79,7 +81,10 @@ def _resident_bytes(modules, optimizers, grads: bool = True) -> tuple[int, set]:
 
 def step_memory(mode: str, steps: int, *, num_layers: int = 8, batch: int = 2, latent=(4, 32, 32),
                 lora_rank: int = 4, cfg: float = 3.0, folder=None, seed: int = 0) -> dict:
-    """Peak memory (MB) of one generator step of ``mode`` for an N = ``steps`` student (K = N phases)."""
+    """Peak memory (MB) of one generator step of ``mode`` for an N = ``steps`` student (K = N phases).
+
+    ``folder``: a saved ``SD3Transformer2DModel`` to measure instead of the tiny 8-layer one.
+    """
     from pdmd_lab.backbones.adapters import load_backbone
     from pdmd_lab.backbones.lora import LoRAConfig, LoRAExperts
     from pdmd_lab.backbones.tiny import random_prompts, save_tiny
@@ -89,10 +94,16 @@ def step_memory(mode: str, steps: int, *, num_layers: int = 8, batch: int = 2, l
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    gc.collect()  # what an earlier measurement left behind is not this one's
+    baseline = 0
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        baseline = torch.cuda.memory_allocated()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(folder) if folder else save_tiny("sd3", Path(tmp) / "sd3", seed=seed, num_layers=num_layers)
-        prompts = random_prompts("sd3", seed=seed)
-        backbone = load_backbone(path, prompts, latent_shape=latent)
+        prompts = random_prompts(path, seed=seed)
+        backbone = load_backbone(path, prompts, latent_shape=latent, device="cuda" if torch.cuda.is_available()
+                                 else "cpu")
     if mode == "lora":
         lora = LoRAExperts(backbone, 0, LoRAConfig(rank=lora_rank), seed=seed)
         teacher = init = lora.teacher
@@ -119,7 +130,7 @@ def step_memory(mode: str, steps: int, *, num_layers: int = 8, batch: int = 2, l
         torch.cuda.reset_peak_memory_stats()
         d.generator_step(d._draw(1, 0))
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
+        peak = torch.cuda.max_memory_allocated() - baseline
         saved = None
     else:
         resident, seen = _resident_bytes(modules, [getattr(o, "optimizer", o) for o in optimizers])

@@ -7,19 +7,22 @@ reads back like a real model, plus a random prompt table with the right widths.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from pdmd_lab.backbones.prompts import PromptEmbeddings
 
 
-def tiny_sd3(num_layers: int = 4):
+def tiny_sd3(num_layers: int = 4, **overrides):
     from diffusers import SD3Transformer2DModel
 
-    return SD3Transformer2DModel(sample_size=32, patch_size=1, in_channels=4, num_layers=num_layers,
-                                 attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
-                                 joint_attention_dim=32, pooled_projection_dim=64, out_channels=4)
+    cfg = dict(sample_size=32, patch_size=1, in_channels=4, num_layers=num_layers, attention_head_dim=8,
+               num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64,
+               out_channels=4)
+    return SD3Transformer2DModel(**{**cfg, **overrides})
 
 
 def tiny_flux(guidance_embeds: bool = True):
@@ -67,9 +70,16 @@ def save_tiny(kind: str, folder, seed: int = 0, **kwargs) -> Path:
 
 
 def random_prompts(kind_or_model, num_prompts: int = 2, seq_len: int = 7, seed: int = 0) -> PromptEmbeddings:
-    """A table of random prompt embeddings with the widths the model expects (pooled / mask where used)."""
-    model = tiny_model(kind_or_model) if isinstance(kind_or_model, str) else kind_or_model
-    cfg, name = model.config, type(model).__name__
+    """A table of random prompt embeddings with the widths the model expects (pooled / mask where used).
+
+    ``kind_or_model``: a tiny kind, a model, or a saved transformer folder (its ``config.json`` is read).
+    """
+    if isinstance(kind_or_model, (str, Path)) and Path(kind_or_model, "config.json").is_file():
+        raw = json.loads(Path(kind_or_model, "config.json").read_text())
+        cfg, name = SimpleNamespace(**raw), raw["_class_name"]
+    else:
+        model = tiny_model(kind_or_model) if isinstance(kind_or_model, str) else kind_or_model
+        cfg, name = model.config, type(model).__name__
     g = torch.Generator().manual_seed(seed)
     n = num_prompts + 1
     width = cfg.text_dim if name == "WanTransformer3DModel" else cfg.joint_attention_dim
