@@ -31,14 +31,14 @@ GUIDANCE = {"flux": 3.5}  # the tiny Flux embeds guidance, like Flux-dev
 def make_pipeline(kind, transformer, scheduler, **extra):
     from diffusers import FluxPipeline, QwenImagePipeline, StableDiffusion3Pipeline, WanPipeline
 
-    none = {"vae": None, "text_encoder": None, "tokenizer": None}
+    none = {"vae": None, "text_encoder": None, "tokenizer": None, **extra}
     if kind == "sd3":
         pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, **none, text_encoder_2=None,
                                         tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
     elif kind == "flux":
         pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, **none, text_encoder_2=None, tokenizer_2=None)
     elif kind == "wan":
-        pipe = WanPipeline(transformer=transformer, scheduler=scheduler, **{**none, **extra})
+        pipe = WanPipeline(transformer=transformer, scheduler=scheduler, **none)
     else:
         pipe = QwenImagePipeline(transformer=transformer, scheduler=scheduler, **none)
     pipe.set_progress_bar_config(disable=True)
@@ -152,6 +152,31 @@ def test_padded_prompts_and_cond_dict(folders):
     assert n < row["prompt_embeds"].shape[1]  # prompt 1 is padded in the table
     v_trim = net(z[:1], 0.7, {"prompt_embeds": row["prompt_embeds"][:, :n], "prompt_embeds_mask": None})
     assert (v_trim - v[:1]).abs().max() < 1e-5
+
+
+def test_vae_decodes_like_the_pipeline(folders, tmp_path):
+    """Samples are decoded for figures with the pipeline folder's own VAE, exactly as the pipeline does."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+
+    from pdmd_lab.backbones.pipelines import decode_latents, load_vae
+
+    net = load(folders, "sd3")
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=4,
+                        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+                        scaling_factor=1.5035)
+    pipe = make_pipeline("sd3", net.transformer, FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae)
+    pipe.save_pretrained(tmp_path / "pipe")
+    z = noise("sd3")
+    kw = pipeline_inputs("sd3", net.prompts, [0], z, negative=True)
+    kw.update(output_type="pt", height=8, width=8)  # this VAE does not downsample
+    images = pipe(num_inference_steps=2, guidance_scale=2.0, **kw).images
+    latents = sample_euler(net, z, pipe.scheduler.sigmas.double(), class_labels=[0], cfg=2.0)
+    decoded = decode_latents(load_vae(tmp_path / "pipe"), latents)
+    assert decoded.shape == images.shape == (1, 3, 8, 8)
+    assert (decoded - images).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="has no VAE"):
+        load_vae(folders["sd3"][0])
 
 
 # 2. Text: prompts encoded once by the pipeline's own text encoder; Wan2.2 two transformers -------------

@@ -181,3 +181,43 @@ def wan_two_expert_pipeline(folder, *, base=None, dtype=None, **components):
     components = {"vae": None, "text_encoder": None, "tokenizer": None, **components}
     return WanPipeline(transformer=high, transformer_2=low, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
                        boundary_ratio=(last_high + first_low) / 2, **components)
+
+
+# Decoding latents for metrics and figures -------------------------------------------------------------
+
+def load_vae(folder, dtype=None):
+    """The VAE of a local pipeline folder (``vae/``), loaded with ``from_pretrained``; ValueError when absent."""
+    import json
+
+    import diffusers
+
+    root = Path(folder)
+    index = root / "model_index.json"
+    entry = json.loads(index.read_text()).get("vae") if index.is_file() else None
+    if not entry or entry[1] is None or not (root / "vae" / "config.json").is_file():
+        raise ValueError(f"{str(root)!r} has no VAE (a pipeline folder with vae/ is needed to decode latents)")
+    return getattr(diffusers, entry[1]).from_pretrained(str(root), subfolder="vae", torch_dtype=dtype,
+                                                        local_files_only=True)
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [0, 1], ``(B, 3, H, W)`` (video latents: ``(B, 3, F, H, W)``), as the pipelines do.
+
+    SD3 / Flux VAEs (``scaling_factor``, ``shift_factor``); Wan / Qwen-Image VAEs (per-channel
+    ``latents_mean`` / ``latents_std``; Qwen-Image images go through as one-frame videos).
+    """
+    cfg = vae.config
+    x = latents.to(vae.device, vae.dtype)
+    if getattr(cfg, "latents_mean", None) is not None:  # Wan / Qwen-Image
+        image = x.ndim == 4
+        if image:
+            x = x[:, :, None]
+        shape = (1, cfg.z_dim, 1, 1, 1)
+        mean = torch.tensor(cfg.latents_mean, device=x.device, dtype=x.dtype).view(shape)
+        std = torch.tensor(cfg.latents_std, device=x.device, dtype=x.dtype).view(shape)
+        out = vae.decode(x * std + mean, return_dict=False)[0]
+        out = out[:, :, 0] if image else out
+    else:
+        out = vae.decode(x / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0), return_dict=False)[0]
+    return (out.float() / 2 + 0.5).clamp(0, 1)
