@@ -324,6 +324,27 @@ def test_phased_dmd_lora_experts(folders, kind, tmp_path):
     assert (pipeline_latents(kind, out, z) - x).abs().max() < 1e-5
 
 
+def test_lora_run_resumes_to_the_same_adapters(folders, tmp_path):
+    """Interrupted after phase 1 (iteration 2 of 4) and resumed: the same adapters as an uninterrupted run."""
+    full = build_distiller(distill_config(folders, "sd3"), tmp_path / "full", progress=False).train()
+
+    def stop(info):
+        if info["iter"] == 3:
+            raise KeyboardInterrupt
+
+    d = build_distiller(distill_config(folders, "sd3"), tmp_path / "cut", progress=False, callbacks=[stop],
+                        callback_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        d.train()
+    assert io.read_config(tmp_path / "cut")["iters"] == 2
+    resumed = build_distiller(distill_config(folders, "sd3"), tmp_path / "cut", progress=False)
+    assert resumed.it == 2
+    student = resumed.train()
+    for a, b in zip(full.experts, student.experts):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def test_more_steps_than_phases_and_wan_two_expert_export(folders, tmp_path):
     """4 steps over 2 phases: the callback switches expert at the phase boundary; a Wan student maps onto
     Wan2.2's two transformers (``transformer_2``, ``boundary_ratio``) with no callback, same latents."""
