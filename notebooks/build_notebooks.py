@@ -2,7 +2,12 @@
 
 Run ``python notebooks/build_notebooks.py`` to (re)write them without outputs, then execute them
 in place (``jupyter nbconvert --to notebook --execute --inplace notebooks/NN_*.ipynb``) so the
-committed copies carry their figures. Cells are ``("md", text)`` or ``("code", source)``.
+committed copies carry their figures. Cells are ``("md", text)`` or ``("code", source)``;
+``tests/test_notebooks.py`` checks that the committed notebooks hold exactly these cells.
+
+Interactive controls (ipywidgets ``interact``) always come after one plain call of the same
+function with the default values: a static viewer (GitHub, nbviewer without a kernel, the tests)
+shows that figure, and Jupyter adds the live controls under it.
 """
 
 from __future__ import annotations
@@ -21,12 +26,16 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import Image, display
+from ipywidgets import interact, widgets
 
 import pdmd_lab
 from pdmd_lab import data, embed, flow, metrics, sampling, viz, zoo
 from pdmd_lab.data import get_dataset
 
 FAST = os.environ.get("PDMD_FAST") == "1"  # tests shrink live training; committed notebooks are full runs
+if os.environ.get("PDMD_THREADS"):  # the tests run kernels single-threaded, so a busy machine stays usable
+    torch.set_num_threads(int(os.environ["PDMD_THREADS"]))
 torch.manual_seed(0)
 plt.rcParams["figure.dpi"] = 90"""
 
@@ -68,8 +77,9 @@ panels = {f"t = {t:g}": (flow.add_noise(x0, eps, t), y) for t in (0.0, 0.25, 0.5
 viz.scatter_figure(panels, title="x_t = (1 - t) x0 + t eps on ring-mix")"""),
     ("md", """## SNR and log-SNR
 
-With `alpha_t = 1 - t` and `sigma_t = t`, the signal-to-noise ratio is `snr(t) = (alpha_t / sigma_t)^2 = ((1 - t) / t)^2`
-and `logsnr(t) = 2 log((1 - t) / t)`. log-SNR runs from `+inf` (data, `t = 0`) to `-inf` (noise, `t = 1`) and
+With `alpha_t = 1 - t` and `sigma_t = t`, the signal-to-noise ratio is
+`snr(t) = (alpha_t / sigma_t)^2 = ((1 - t) / t)^2` and `logsnr(t) = 2 log((1 - t) / t)`. log-SNR runs from `+inf`
+(data, `t = 0`) to `-inf` (noise, `t = 1`) and
 crosses 0 at `t = 0.5`. The dots mark the 4 uniform Euler step times `1, 0.75, 0.5, 0.25, 0`."""),
     ("code", """ts4 = flow.step_times(4)
 print("4 uniform step times:", [round(float(t), 3) for t in ts4])
@@ -100,6 +110,29 @@ axis."""),
     ("code", """for k in (1, 2, 4):
     print(f"K = {k}: boundaries", [round(float(b), 3) for b in flow.phase_boundaries(4, k)])
 viz.phases_figure(4, phase_counts=(1, 2, 4))"""),
+    ("md", """### Try it: shift, steps and phases
+
+The controls below move the time shift, the number of Euler steps and the number of phases. The first
+figure places the step times (dots) and the phases (shaded) on the `t` axis, with SNR and log-SNR; the second
+places them on the log-SNR axis. The figures right under this cell are drawn for the default values (a static
+viewer such as GitHub shows those); in Jupyter the sliders under them redraw live. Things to try: shift 1 vs 3
+with 4 steps (where do the steps sit on the log-SNR axis?), and 8 steps in 2 or 4 phases."""),
+    ("code", """def show_schedule(shift=3.0, steps=4, phases=2):
+    \"\"\"Step times of `steps` shifted Euler steps split into `phases` phases, on the t and log-SNR axes.\"\"\"
+    if steps % phases:
+        print(f"{phases} phases cannot split {steps} steps evenly: pick a divisor of {steps}")
+        return
+    ts = flow.step_times(steps, shift)
+    bounds = flow.phase_boundaries(steps, phases, shift)
+    print("step times t:", [round(float(t), 3) for t in ts])
+    print("phase boundaries:", [round(float(b), 3) for b in bounds], f"({steps // phases} step(s) per phase)")
+    display(viz.snr_figure(step_times=ts, boundaries=bounds))
+    display(viz.phases_figure(steps, phase_counts=(phases,), shift=shift))
+
+show_schedule()  # the default values, as a static figure
+interact(show_schedule, shift=widgets.FloatSlider(value=3.0, min=0.25, max=8.0, step=0.25, description="shift"),
+         steps=widgets.IntSlider(value=4, min=1, max=16, description="steps"),
+         phases=widgets.IntSlider(value=2, min=1, max=16, description="phases"));"""),
     ("md", """## The transition kernel from `s` to `t` (paper Eq. 2)
 
 An intermediate phase does not produce clean data: expert `k` outputs `x_{t_k}`, a sample at noise level
@@ -171,7 +204,8 @@ In phase `k`, Phased DMD's fake score is trained on the expert's outputs `x_s` a
 
 * **naive**: `eps - x_s`, treating `x_s` as if it were clean (biased: paper Fig. 2);
 * **unbiased** (paper Eq. 11): `v* = ((t + (1 - t) s^2 / (1 - s)^2) / b) eps - x_s / (1 - s)`,
-  whose conditional mean `E[v* | x_t]` is the true velocity of the diffused distribution; at `s = 0` it reduces to `eps - x0`.
+  whose conditional mean `E[v* | x_t]` is the true velocity of the diffused distribution; at `s = 0` it reduces
+  to `eps - x0`.
 
 We reproduce the paper's 1D toy: data at `-1, 0, 1, 2`, `x_s` = data diffused to `s = 0.5`, two small fake scores
 trained only on `t ∈ (0.5, 1]`, one per target."""),
@@ -248,6 +282,53 @@ print("(z: the largest bin error in Monte Carlo standard errors; |z| of a few is
 for t in (0.6, 0.7, 0.8, 0.9):
     (eu, zu), (en, zn) = max_conditional_mean_error("unbiased", t, N_MC), max_conditional_mean_error("naive", t, N_MC)
     print(f"t = {t}:  unbiased {eu:.4f} (z {zu:.1f})   naive {en:.4f} (z {zn:.1f})")"""),
+    ("md", """### Try it: the subinterval `(s, t)` and the target's bias
+
+Pick the level `s` of the generator's outputs and the level `t > s` they are noised to. The figure bins `x_t` and
+plots the conditional mean of `target - v_true(x_t)` for both targets (bars: 2 Monte Carlo standard errors), over the
+histogram of `x_t`. The unbiased target stays on zero everywhere; the naive one is biased by an amount that grows
+with `s` (at `s = 0` the two targets coincide: `x_s` *is* clean data). The figure under this cell is for the default
+values; the sliders under it redraw it in Jupyter."""),
+    ("code", """def target_bias(s=0.5, t=0.7, n=40_000, bins=24, seed=0):
+    \"\"\"Binned E[target - v_true | x_t] of the naive and the unbiased (Eq. 11) target on the subinterval (s, t).\"\"\"
+    if not 0 <= s < t <= 1:
+        print(f"need 0 <= s < t <= 1, got s = {s}, t = {t}")
+        return
+    g = torch.Generator().manual_seed(seed)
+    x0, _ = gmm.sample(n, seed=seed)
+    x0 = x0.double()
+    xs = flow.add_noise(x0, torch.randn(x0.shape, generator=g, dtype=torch.float64), s)
+    e = torch.randn(xs.shape, generator=g, dtype=torch.float64)
+    x_t = flow.transition(xs, e, s, t)
+    v_true = gmm.velocity(x_t, t)
+    edges = torch.quantile(x_t[:, 0].float(), torch.linspace(0, 1, bins + 1)).double()
+    idx = torch.bucketize(x_t[:, 0], edges[1:-1])
+    centres = torch.stack([x_t[idx == i, 0].mean() for i in range(bins)]).numpy()
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    ax2 = ax.twinx()
+    ax2.hist(x_t[:, 0].numpy(), bins=100, color="#dddddd", density=True)
+    ax2.set_yticks([])
+    ax.set_zorder(ax2.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    worst = {}
+    for name, target, color in [("naive eps - x_s", e - xs, "#d62728"),
+                                ("unbiased (Eq. 11)", flow.subinterval_velocity_target(xs, e, s, t), "#1f77b4")]:
+        r = (target - v_true)[:, 0]
+        means = torch.stack([r[idx == i].mean() for i in range(bins)]).numpy()
+        ses = torch.stack([r[idx == i].std() / (idx == i).sum().sqrt() for i in range(bins)]).numpy()
+        ax.errorbar(centres, means, yerr=2 * ses, color=color, marker="o", ms=3, lw=1.2, capsize=2, label=name)
+        worst[name] = float(np.abs(means).max())
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("x_t"); ax.set_ylabel("E[target - v_true | x_t]"); ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"s = {s:.2f}, t = {t:.2f}: max |bias| naive {worst['naive eps - x_s']:.3f}, "
+                 f"unbiased {worst['unbiased (Eq. 11)']:.3f}", fontsize=10)
+    plt.close(fig)
+    display(fig)
+
+target_bias()  # the default values, as a static figure
+interact(target_bias, s=widgets.FloatSlider(value=0.5, min=0.0, max=0.9, step=0.05, description="s"),
+         t=widgets.FloatSlider(value=0.7, min=0.05, max=1.0, step=0.05, description="t"),
+         n=widgets.fixed(40_000), bins=widgets.fixed(24), seed=widgets.fixed(0));"""),
     ("md", """## Training two fake scores
 
 Two identical small MLPs (`MLPDenoiser`, 2 residual blocks of width 64), trained with Adam only on
@@ -309,8 +390,8 @@ for ax, (name, tr) in zip(axes, trajs.items()):
 print(f"{'data-vs-data floor':28s} {metrics.energy_distance(draw_xs(4000, seed=98), ref):.4f}")
 plt.close(fig)
 fig"""),
-    ("md", """The naive field lands its samples in the wrong places: `eps - x_s` treats the noisy `x_s` as clean data, so
-the learned velocity transports noise onto a distribution that is neither `p_0` nor `p_{0.5}`. The unbiased target
+    ("md", """The naive field lands its samples in the wrong places: `eps - x_s` treats the noisy `x_s` as clean data,
+so the learned velocity transports noise onto a distribution that is neither `p_0` nor `p_{0.5}`. The unbiased target
 reproduces the oracle's endpoints. In Phased DMD the fake score estimates the score of the *generator's*
 distribution; a biased one would make the DMD gradient `v_real - v_fake` push the expert towards the wrong
 distribution even when it is already right.
@@ -343,10 +424,10 @@ with weights 0.5 / 0.3 / 0.2) we can count modes exactly. We distill the **oracl
 live with three methods, compare their samples and mode coverage with the teacher's, look at how CFG changes what
 the teacher itself covers, and follow a Phased DMD sample through its experts."""),
     ("code", IMPORTS + """
-from pdmd_lab.distill import DistillConfig, distill
+from pdmd_lab.distill import METHODS, DistillConfig, distill
 
-ITERS = 40 if FAST else 300
-INIT_ITERS = 200 if FAST else 800
+ITERS = 20 if FAST else 300
+INIT_ITERS = 100 if FAST else 800
 N = 2000
 labels = torch.arange(N) % 4  # classes cycle 0, 1, 2, 3"""),
     ("md", """## Teacher and data
@@ -376,16 +457,20 @@ to the oracle (`init_iters`), shared across the runs.
 * **Phased DMD**: 4 steps, 4 phases; expert `k` is trained against a fresh fake score on its subinterval
   `(t_k, 1)` with the unbiased subinterval target (notebook 02).
 
-`iters` generator updates in total (Phased DMD splits them over the phases)."""),
-    ("code", """common = dict(teacher="oracle:ring-mix", cfg=3.0, iters=ITERS, batch_size=256, lr_generator=1e-3, lr_fake=1e-3,
+`iters` generator updates in total (Phased DMD splits them over the phases). The methods come from the
+registry `pdmd_lab.distill.METHODS` (listed first); `DistillConfig.from_flat` routes a method's own options, such
+as Phased DMD's `phases`, to the method."""),
+    ("code", """for name, cls in METHODS.items():
+    print(f"{name:20s} {cls.summary}")
+common = dict(teacher="oracle:ring-mix", cfg=3.0, iters=ITERS, batch_size=256, lr_generator=1e-3, lr_fake=1e-3,
               fake_updates_per_generator_update=3, init_iters=INIT_ITERS)
-runs = {"DMD 1-step": dict(method="dmd", steps=1, phases=1),
-        "DMD2-SGTS 4-step": dict(method="dmd2-sgts", steps=4, phases=1),
+runs = {"DMD 1-step": dict(method="dmd", steps=1),
+        "DMD2-SGTS 4-step": dict(method="dmd2-sgts", steps=4),
         "Phased DMD 4s/4p": dict(method="phased-dmd", steps=4, phases=4)}
 students, train_time = {}, {}
 for name, spec in runs.items():
     t0 = time.perf_counter()
-    students[name] = distill(DistillConfig(**common, **spec), progress=True)
+    students[name] = distill(DistillConfig.from_flat(**common, **spec), progress=True)
     train_time[name] = time.perf_counter() - t0
     print(f"{name}: {students[name].describe()}, trained in {train_time[name]:.0f} s")"""),
     ("md", """## Samples per class
@@ -437,8 +522,19 @@ x_end, traj = pd.sample(lab_small, seed=1, return_trajectory=True)
 experts_used = [pd.expert_index(float(t)) for t in pd.step_times[:-1]]
 print("step times:", [round(float(t), 3) for t in pd.step_times], " experts per step:", experts_used)
 viz.trajectory_figure(traj[:], experts_used, gmm=gmm, labels=lab_small, step_times=pd.step_times)"""),
-    ("code", """viz.scatter_figure({f"x_(t={float(t):.2f})" + ("" if i == 0 else f" after expert {experts_used[i - 1] + 1}"):
-                    (traj[i], lab_small) for i, t in enumerate(pd.step_times)}, gmm, max_cols=5)"""),
+    ("code", """def state_name(i, t):
+    return f"x_(t={float(t):.2f})" + ("" if i == 0 else f" after expert {experts_used[i - 1] + 1}")
+
+viz.scatter_figure({state_name(i, t): (traj[i], lab_small) for i, t in enumerate(pd.step_times)}, gmm, max_cols=5)"""),
+    ("md", """### The same trajectory, animated
+
+Each frame moves the samples a little further along their step (Euler steps are straight lines, so the frames
+interpolate exactly); the moving points and their trails take the colour of the expert taking the step, and the
+last frames colour the outputs by class. `viz.trajectory_animation` builds a matplotlib animation, and
+`viz.animation_to_gif` renders it with Pillow (no ffmpeg needed)."""),
+    ("code", """anim = viz.trajectory_animation([x[:120] for x in traj], experts_used, gmm=gmm, labels=lab_small[:120],
+                                step_times=pd.step_times, title="Phased DMD 4s/4p, live-distilled")
+Image(data=viz.animation_to_gif(anim), format="gif")"""),
     ("md", """## The shipped ring-mix students
 
 `assets/models/ring-mix/` holds students distilled the same way but longer (600 generator updates). They load by name
@@ -452,22 +548,53 @@ for name in shipped:
 shipped_table = {name: coverage_row(x, lab) for name, (x, lab) in shipped_samples.items()}
 display(Markdown(markdown_table(shipped_table, ["modes covered", "coverage", "high quality", "KL vs teacher"])))
 viz.scatter_figure(shipped_samples, gmm, max_cols=6)"""),
-    ("md", """**Reading the results.** A 1-step DMD student has to map all of the noise to the modes in one jump, and its
-reverse-KL objective lets it drop light modes, so its KL to the teacher is typically the largest. DMD2-SGTS spreads the
-work over 4 steps of one network. Phased DMD gives every SNR subinterval its own expert and trains each against the
-correct (diffused) target, so the low-SNR expert decides the *layout* (which mode) and later experts refine: its mode
-histogram stays closest to the teacher's. With short live runs the numbers are noisy; the shipped students (longer
-training) show the trend more clearly."""),
+    ("md", """**Reading the results.** A 1-step DMD student has to map all of the noise to the modes in one jump, and
+its reverse-KL objective lets it drop light modes, so its KL to the teacher is typically the largest. DMD2-SGTS
+spreads the work over 4 steps of one network. Phased DMD gives every SNR subinterval its own expert and trains each
+against the correct (diffused) target, so the low-SNR expert decides the *layout* (which mode) and later experts
+refine: its mode histogram stays closest to the teacher's. With short live runs the numbers are noisy; the shipped
+students (longer training) show the trend more clearly."""),
+    ("md", """### Try it: CFG scale and method
+
+Left, the teacher at the CFG scale you pick (the *target* a distilled student is trained to match; every student
+here was distilled from the CFG 3 teacher). Right, the method you pick, with its mode coverage and KL measured
+against the mode histogram of the teacher at that scale. Moving the scale shows how guidance alone reshapes the
+target; switching methods at CFG 3 shows which of them dropped modes. The figure under this cell is for the default
+values; the controls under it redraw it in Jupyter."""),
+    ("code", """control_models = {**students, **{f"shipped {n.split('/')[1]}": zoo.load(n) for n in shipped}}
+control_samples = {name: m.sample(labels, seed=0) for name, m in control_models.items()}
+teacher_at_cfg = {}
+
+def cfg_and_method(cfg=3.0, method="Phased DMD 4s/4p"):
+    \"\"\"The teacher at CFG `cfg` next to a student, with the student's coverage against that teacher.\"\"\"
+    w = round(float(cfg), 2)
+    if w not in teacher_at_cfg:
+        teacher_at_cfg[w] = zoo.load("ring-mix/teacher", cfg=w).sample(labels, seed=0)
+    x_w = teacher_at_cfg[w]
+    cov_t = metrics.mode_coverage(gmm, x_w, labels)  # against the data's mode weights
+    cov_m = metrics.mode_coverage(gmm, control_samples[method], labels,
+                                  reference_weights=metrics.mode_histogram(gmm, x_w, labels))
+    print(f"teacher, CFG {w:g}: {cov_t['modes_covered']}/{cov_t['modes_expected']} modes, KL vs data {cov_t['kl']:.3f}")
+    print(f"{method}: {cov_m['modes_covered']}/{cov_m['modes_expected']} modes, KL vs this teacher {cov_m['kl']:.3f}")
+    display(viz.scatter_figure({f"teacher, CFG {w:g}": (x_w, labels), method: (control_samples[method], labels)},
+                               gmm))
+
+cfg_and_method()  # the default values, as a static figure
+interact(cfg_and_method, cfg=widgets.FloatSlider(value=3.0, min=1.0, max=8.0, step=0.5, description="CFG"),
+         method=widgets.Dropdown(options=list(control_models), value="Phased DMD 4s/4p", description="method"));"""),
 ]
 
 # ---------------------------------------------------------------------------------------------
-MNIST_NAMES = """STUDENTS = ["mnist/dmd-1s", "mnist/dmd2-sgts-4s", "mnist/phased-dmd-4s4p", "mnist/phased-dmd-4s2p", "mnist/dp-dmd-4s"]
+MNIST_NAMES = """STUDENTS = ["mnist/dmd-1s", "mnist/dmd2-sgts-4s", "mnist/phased-dmd-4s4p", "mnist/phased-dmd-4s2p",
+            "mnist/dp-dmd-4s"]
 available = zoo.list_models()
 missing = [n for n in STUDENTS if n not in available]
 if missing:
     print("not shipped yet (skipped):", missing)
-teacher = zoo.load("mnist/teacher")
-models = {"teacher 50 steps": teacher, "teacher 4 steps": teacher.with_steps(4)}
+TEACHER_STEPS = 8 if FAST else 50  # the tests' fast mode cuts the teacher's steps (and its CPU time)
+TEACHER = f"teacher {TEACHER_STEPS} steps"
+teacher = zoo.load("mnist/teacher", steps=TEACHER_STEPS)
+models = {TEACHER: teacher, "teacher 4 steps": teacher.with_steps(4)}
 models.update({n.split("/")[1]: zoo.load(n) for n in STUDENTS if n in available})
 for name, m in models.items():
     print(f"{name:18s} {m.describe():45s} NFE {m.nfe}")"""
@@ -522,15 +649,50 @@ for name in ("phased-dmd-4s4p", "phased-dmd-4s2p"):
     fig.suptitle(name, fontsize=10)
     display(fig)
     plt.close(fig)"""),
-    ("md", """The same view for the 4-step teacher (one network, plain Euler steps) shows what the experts avoid: with only
-4 steps the teacher's `x0` is a blur, because a plain flow model averages over everything that could come next."""),
+    ("md", """### Try it: class, seed and the trajectory expert by expert
+
+Pick a model, a digit and a seed, and reveal the trajectory one step at a time: each new column is the state after
+the next step, framed in the colour of the expert that took it (for the 4-phase student, a new expert per step).
+The figure under this cell is for the default values; the controls under it redraw it in Jupyter."""),
+    ("code", """trajectory_models = [n for n in models if n != TEACHER]
+
+def expert_by_expert(model="phased-dmd-4s4p", digit=3, seed=0, steps_shown=4):
+    \"\"\"Six samples of `digit` from `seed`, through the first `steps_shown` steps of `model`.\"\"\"
+    st = models[model] if model in models else models["teacher 4 steps"]
+    lab = torch.full((6,), int(digit))
+    _, traj = st.sample(lab, seed=int(seed), return_trajectory=True)
+    k = max(1, min(int(steps_shown), st.num_steps))
+    experts = [st.expert_index(float(t)) for t in st.step_times[:-1]]
+    print(f"{model}: {st.num_steps} step(s); experts of the steps shown:", [e + 1 for e in experts[:k]])
+    fig = viz.trajectory_figure(traj[:k + 1], experts[:k], labels=lab, step_times=st.step_times[:k + 1])
+    display(fig)
+
+expert_by_expert()  # the default values, as a static figure
+interact(expert_by_expert, model=widgets.Dropdown(options=trajectory_models, value="phased-dmd-4s4p"
+                                                  if "phased-dmd-4s4p" in models else trajectory_models[0]),
+         digit=widgets.IntSlider(value=3, min=0, max=9), seed=widgets.IntSlider(value=0, min=0, max=50),
+         steps_shown=widgets.IntSlider(value=4, min=1, max=4, description="steps shown"));"""),
+    ("md", """### Animated: noise to digits through the four experts
+
+The frames interpolate each Euler step (a straight line in pixel space), framed in the colour of the active expert
+(`viz.trajectory_animation`, rendered to a GIF with Pillow)."""),
+    ("code", """if "phased-dmd-4s4p" in models:
+    st = models["phased-dmd-4s4p"]
+    _, traj = st.sample(lab6, noise=noise6, return_trajectory=True)
+    anim = viz.trajectory_animation(traj, [st.expert_index(float(t)) for t in st.step_times[:-1]], labels=lab6,
+                                    step_times=st.step_times, title="phased-dmd-4s4p")
+    display(Image(data=viz.animation_to_gif(anim), format="gif"))"""),
+    ("md", """The same view for the 4-step teacher (one network, plain Euler steps) shows what the experts avoid: with
+only 4 steps the teacher's `x0` is a blur, because a plain flow model averages over everything that could come
+next."""),
     ("code", """t4 = models["teacher 4 steps"]
 _, traj = t4.sample(lab6, noise=noise6, return_trajectory=True)
 viz.trajectory_figure(traj, [0] * t4.num_steps, labels=lab6, step_times=t4.step_times)"""),
     ("md", """## Speed
 
-Wall time per batch of 32 images on this machine's CPU, measured with `time.perf_counter` (median of 3 runs after a
-warm-up). Students cost their number of steps in network evaluations; the teacher pays twice per step for CFG."""),
+Wall time per batch of 32 images (8 in the tests' fast mode) on this machine's CPU, measured with
+`time.perf_counter` (median of 3 runs after a warm-up). Students cost their number of steps in network evaluations;
+the teacher pays twice per step for CFG."""),
     ("code", """def time_batch(model, batch=32, repeats=3):
     lab = torch.arange(batch) % 10
     model.sample(lab, seed=0)  # warm-up
@@ -541,11 +703,13 @@ warm-up). Students cost their number of steps in network evaluations; the teache
         times.append(time.perf_counter() - t0)
     return 1000 * float(np.median(times))
 
-speed = {name: {"NFE": m.nfe, "ms / batch of 32": time_batch(m, repeats=1 if FAST else 3)} for name, m in models.items()}
-base = speed["teacher 50 steps"]["ms / batch of 32"]
-print(f"{'model':18s} {'NFE':>4s} {'ms/batch':>10s} {'speed-up':>9s}")
+BATCH = 8 if FAST else 32
+speed = {name: {"NFE": m.nfe, "ms / batch": time_batch(m, batch=BATCH, repeats=1 if FAST else 3)}
+         for name, m in models.items()}
+base = speed[TEACHER]["ms / batch"]
+print(f"{'model':18s} {'NFE':>4s} {f'ms/batch of {BATCH}':>16s} {'speed-up':>9s}")
 for name, r in speed.items():
-    print(f"{name:18s} {r['NFE']:4d} {r['ms / batch of 32']:10.1f} {base / r['ms / batch of 32']:8.1f}x")"""),
+    print(f"{name:18s} {r['NFE']:4d} {r['ms / batch']:16.1f} {base / r['ms / batch']:8.1f}x")"""),
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -561,7 +725,8 @@ On images we cannot count modes as on `ring-mix`. Instead we embed samples with 
   distribution the student reaches; **precision** and **density** measure fidelity.
 
 *Mode collapse* here looks like: high within-class cosine similarity, a low Vendi score, tight clusters in the
-projections, and low recall/coverage while precision stays high (the samples are good digits, just always the same ones)."""),
+projections, and low recall/coverage while precision stays high (the samples are good digits, just always the
+same ones)."""),
     ("code", IMPORTS),
     ("md", """## Samples and features
 
@@ -569,7 +734,7 @@ projections, and low recall/coverage while precision stays high (the samples are
     ("code", MNIST_NAMES + """
 
 clf = embed.load_classifier(zoo.ASSETS / "mnist/classifier")
-N = 100 if FAST else 200  # per method; the 50-step teacher dominates the time
+N = 40 if FAST else 200  # per method; the 50-step teacher dominates the time
 labels = torch.arange(N) % 10
 images = {}
 t0 = time.perf_counter()
@@ -583,7 +748,7 @@ class_of = {name: labels for name in images}
 class_of["data (held-out)"] = y_real
 acc = {name: metrics.class_accuracy(clf.predict(x), labels) for name, x in images.items()}
 print("classifier agrees with the requested class:", {k: round(v, 3) for k, v in acc.items()})
-print("feature dimension:", feats["teacher 50 steps"].shape[1])"""),
+print("feature dimension:", feats[TEACHER].shape[1])"""),
     ("md", """## Projections
 
 All methods are projected together (so the axes are shared), then drawn coloured by method (left) and by class
@@ -596,6 +761,42 @@ all_labels = torch.cat([torch.as_tensor(class_of[n]) for n in names])
 viz.embedding_figure(embed.project(all_feats, "pca"), all_methods, all_labels, title="PCA of classifier features")"""),
     ("code", """viz.embedding_figure(embed.project(all_feats, "tsne", seed=0), all_methods, all_labels,
                      title="t-SNE of classifier features")"""),
+    ("md", """## Within one class
+
+The projections above mix all ten classes, and the class clusters dominate them: collapse *inside* a class is hard
+to see there. Here every model draws `CLASS_N` samples of **one** digit (same noise for every model), and each panel
+shows the teacher's cloud (grey circles) against one model's, projected together. The numbers are measured in feature
+space against the teacher's samples: **spread** (mean pairwise distance over the teacher's: 1 = as varied as the
+teacher, lower = collapsing), **coverage** (share of teacher samples with a model sample among their 5 nearest
+neighbours) and the **Vendi** score. Every model has its own colour and marker, including the two Phased DMD students
+and the two teachers."""),
+    ("code", """CLASS_N = 16 if FAST else 64
+class_feats = {}
+
+def features_of_class(digit):
+    if digit not in class_feats:
+        lab = torch.full((CLASS_N,), int(digit))
+        noise_c = torch.randn((CLASS_N, *teacher.shape), generator=torch.Generator().manual_seed(100 + int(digit)))
+        class_feats[digit] = {name: embed.embed(clf, m.sample(lab, noise=noise_c)) for name, m in models.items()}
+    return class_feats[digit]
+
+def within_class(digit=3, projection="pca"):
+    \"\"\"The teacher's cloud against each model's, for one digit, with spread / coverage / Vendi per panel.\"\"\"
+    fc = features_of_class(int(digit))
+    names_c = list(fc)
+    xy = embed.project(torch.cat([fc[n] for n in names_c]), projection, seed=0)
+    points = {n: xy[i * CLASS_N:(i + 1) * CLASS_N] for i, n in enumerate(names_c)}
+    ref_c = fc[TEACHER]
+    scores = {n: {"spread": metrics.pairwise_distance(f) / metrics.pairwise_distance(ref_c),
+                  "coverage": metrics.prdc(ref_c, f, k=5)["coverage"],
+                  "Vendi": metrics.vendi_score(f)} for n, f in fc.items()}
+    display(viz.class_embedding_figure(points, reference=TEACHER, scores=scores,
+                                       title=f"digit {digit}: {projection.upper()} of classifier features, "
+                                             f"{CLASS_N} samples per model"))
+
+within_class()  # the default values, as a static figure
+interact(within_class, digit=widgets.IntSlider(value=3, min=0, max=9, description="digit"),
+         projection=widgets.Dropdown(options=["pca", "tsne"], value="pca", description="projection"));"""),
     ("md", """## Metrics against the teacher
 
 Per method: mean over classes of the within-class pairwise cosine similarity and Vendi score
@@ -605,7 +806,7 @@ reference (`metrics.prdc`, k = 5)."""),
 
 from IPython.display import Markdown, display
 
-ref = feats["teacher 50 steps"]
+ref = feats[TEACHER]
 table = {}
 for name, f in feats.items():
     cos = metrics.per_class(metrics.pairwise_cosine_similarity, f, class_of[name])
@@ -616,8 +817,8 @@ for name, f in feats.items():
     table[name] = row
 cols = ["cosine sim (within class)", "Vendi (within class)", "precision", "recall", "density", "coverage"]
 display(Markdown(markdown_table(table, cols)))"""),
-    ("code", """viz.metrics_bar_figure(table, ["cosine sim (within class)", "Vendi (within class)", "recall", "coverage"],
-                       title="diversity vs the 50-step teacher")"""),
+    ("code", """viz.metrics_bar_figure(table, ["cosine sim (within class)", "Vendi (within class)", "recall",
+                               "coverage"], title="diversity vs the 50-step teacher")"""),
     ("md", """**What mode collapse looks like here.** Compare each student's row with the teacher's: a collapsed student
 has a *higher* within-class cosine similarity and a *lower* Vendi score than the teacher, and its recall and coverage
 against the teacher drop (it reaches only part of the teacher's distribution) while precision can stay high. The

@@ -1,12 +1,17 @@
-"""Execute every notebook in ``notebooks/`` top to bottom (fast mode, ``PDMD_FAST=1``) and fail on any error.
+"""The teaching notebooks: committed sources match ``build_notebooks.py``, and each runs top to bottom.
 
-The notebooks run on copies in a temporary folder (the committed, fully executed versions are never
-overwritten) with the ``python3`` kernel of the interpreter running the tests: its folder goes first on
-``PATH`` so that the kernel spec's ``python`` is this environment's.
+Execution uses the fast mode (``PDMD_FAST=1``: shorter live training, fewer teacher steps) on copies
+in a temporary folder (the committed, fully executed versions are never overwritten), with the
+``python3`` kernel of the interpreter running the tests: its folder goes first on ``PATH`` so that
+the kernel spec's ``python`` is this environment's. The kernel runs single-threaded
+(``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` in its environment, ``PDMD_THREADS`` read by the first
+code cell), as the pytest process does, so that one other busy process does not slow it down
+several-fold. Cell timeouts are generous: a slow machine makes a cell slow, not wrong.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -16,9 +21,19 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipywidgets")
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+CELL_TIMEOUT_S = 900
+SINGLE_THREAD = {"PDMD_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("build_notebooks", ROOT / "notebooks" / "build_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_notebooks_exist():
@@ -28,6 +43,32 @@ def test_notebooks_exist():
         assert f"{stem}.ipynb" in names
 
 
+def test_build_script_reproduces_the_committed_sources():
+    builder = _builder()
+    assert set(builder.NOTEBOOKS) == {p.name for p in NOTEBOOKS}
+    for name, cells in builder.NOTEBOOKS.items():
+        built = builder.build(name, cells)
+        committed = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        want = [(c.cell_type, c.source) for c in built.cells]
+        have = [(c.cell_type, c.source) for c in committed.cells]
+        assert len(have) == len(want), f"{name}: {len(have)} cells committed, the script builds {len(want)}"
+        for i, (w, h) in enumerate(zip(want, have)):
+            assert h == w, f"{name}, cell {i}: committed source differs from build_notebooks.py (rebuild and re-run)"
+
+
+def test_every_interactive_control_has_a_static_default_first():
+    """A code host's viewer cannot run widgets: each ``interact`` follows a plain call with the defaults."""
+    builder = _builder()
+    controls = 0
+    for name, cells in builder.NOTEBOOKS.items():
+        for kind, src in cells:
+            if kind == "code" and "interact(" in src:
+                controls += 1
+                fn = src.split("interact(", 1)[1].split(",", 1)[0].strip()
+                assert f"\n{fn}()" in src.split("interact(", 1)[0], f"{name}: {fn} has no static default call"
+    assert controls >= 5
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch):
     work = tmp_path / "notebooks"
@@ -35,15 +76,19 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch):
     copy = work / path.name
     shutil.copy(path, copy)
     monkeypatch.setenv("PDMD_FAST", "1")
+    for key, value in SINGLE_THREAD.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
     existing = os.environ.get("PYTHONPATH")
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + (os.pathsep + existing if existing else ""))
     nb = nbformat.read(copy, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300, allow_errors=False,
-                                     resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT_S, startup_timeout=180,
+                                     allow_errors=False, resources={"metadata": {"path": str(ROOT / "notebooks")}})
     client.execute()  # raises CellExecutionError on the first failing cell
     nbformat.write(nb, copy)
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not any(o.get("output_type") == "error" for o in cell.get("outputs", [])), cell.source[:200]
+            if "interact(" in cell.source:  # the static default figure is a plain output, not only a widget
+                assert any("image/png" in o.get("data", {}) for o in cell.get("outputs", [])), cell.source[:200]
