@@ -193,9 +193,12 @@ def cmd_figures(a) -> None:
     from pdmd_lab import viz
     from pdmd_lab.data import get_dataset
 
-    ds = get_dataset(a.family)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.per_exit:
+        _per_exit_figures(a, out)
+        return
+    ds = get_dataset(a.family)
     names = comparison_names(a.family)
     if ds.kind == "image":
         labels = torch.full((a.n,), a.label)
@@ -215,6 +218,31 @@ def cmd_figures(a) -> None:
         path = out / f"{a.family}_methods_scatter.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     print(f"wrote {path}")
+
+
+def _per_exit_figures(a, out: Path) -> None:
+    """``figures --per-exit``: each exit step's (or expert's) output distribution, per student."""
+    from pdmd_lab import collapse, zoo
+
+    models = [m for m in (a.models or "").split(",") if m] or [
+        n for n in zoo.list_models() if n.startswith(a.family + "/") and n.split("/")[1] not in ("teacher", "classifier")
+        and zoo.load(n).num_steps > 1]
+    if not models:
+        raise ValueError(f"no multi-step students to show for family {a.family!r}")
+    table = {}
+    for name in models:
+        student = zoo.load(name)
+        if not hasattr(student, "expert_index") or student.num_steps < 2:
+            raise ValueError(f"{name!r} is not a multi-step student: per-exit views need one")
+        fig, rows = collapse.per_exit_figure(student, student.dataset, n=a.n_points, seed=a.seed, title=name)
+        path = out / f"per_exit_{name.replace('/', '_')}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        table[name] = rows
+        print(f"wrote {path}")
+        for r in rows:
+            print(f"  exit {r['exit']} (expert {r['expert']}): own modes {r['own_share']:.2f}, shared "
+                  f"{r['shared_share']:.2f}, modes {r['modes_covered']}/{r['modes_expected']}, KL {r['mode_kl']:.3f}")
+    io.write_json(out / f"per_exit_{a.family}.json", table)
 
 
 def cmd_evaluate(a) -> None:
@@ -351,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=8, help="samples per row (images)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="assets/figures")
+    s.add_argument("--per-exit", action="store_true", help="per exit step / expert: where collapse comes from")
+    s.add_argument("--models", default=None, help="--per-exit: comma-separated students (default: the family's)")
+    s.add_argument("--n-points", type=int, default=2000, help="--per-exit: samples per panel")
     s.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("bench", help="sampling speed and training memory, measured in one process")
