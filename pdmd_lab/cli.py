@@ -225,8 +225,8 @@ def _per_exit_figures(a, out: Path) -> None:
     from pdmd_lab import collapse, zoo
 
     models = [m for m in (a.models or "").split(",") if m] or [
-        n for n in zoo.list_models() if n.startswith(a.family + "/") and n.split("/")[1] not in ("teacher", "classifier")
-        and zoo.load(n).num_steps > 1]
+        n for n in zoo.list_models()
+        if n.startswith(a.family + "/") and n.split("/")[1] not in ("teacher", "classifier") and zoo.load(n).num_steps > 1]
     if not models:
         raise ValueError(f"no multi-step students to show for family {a.family!r}")
     table = {}

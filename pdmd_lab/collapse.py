@@ -62,7 +62,8 @@ def exit_mode_shares(family: str, outputs: dict, labels, reference=None) -> list
         hist = metrics.mode_histogram(gmm, x0, labels)  # (C, K) shares
         cov = metrics.mode_coverage(gmm, x0, labels, reference_weights=ref_hist)
         rows.append({"exit": j + 1, "t": float(outputs["t"][j]), "expert": int(outputs["expert"][j]) + 1,
-                     "own_share": float((hist * own).sum(1).mean()), "shared_share": float((hist * shared).sum(1).mean()),
+                     "own_share": float((hist * own).sum(1).mean()),
+                     "shared_share": float((hist * shared).sum(1).mean()),
                      "modes_covered": cov["modes_covered"], "modes_expected": cov["modes_expected"],
                      "mode_kl": cov["kl"]})
     return rows

@@ -14,7 +14,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pdmd_lab import flow
 from pdmd_lab.cli import main
 from pdmd_lab.distill import (
     METHODS,
