@@ -224,9 +224,9 @@ def _per_exit_figures(a, out: Path) -> None:
     """``figures --per-exit``: each exit step's (or expert's) output distribution, per student."""
     from pdmd_lab import collapse, zoo
 
-    models = [m for m in (a.models or "").split(",") if m] or [
-        n for n in zoo.list_models()
-        if n.startswith(a.family + "/") and n.split("/")[1] not in ("teacher", "classifier") and zoo.load(n).num_steps > 1]
+    shipped = [n for n in zoo.list_models()
+               if n.startswith(a.family + "/") and n.split("/")[1] not in ("teacher", "classifier")]
+    models = [m for m in (a.models or "").split(",") if m] or [n for n in shipped if zoo.load(n).num_steps > 1]
     if not models:
         raise ValueError(f"no multi-step students to show for family {a.family!r}")
     table = {}
