@@ -231,3 +231,20 @@ def test_two_processes_equal_one(tmp_path, method, extra):
     log = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
     assert len(log) == 1  # written once (log_every 10: the last iteration only), not once per process
     assert json.loads((tmp_path / "two" / "config.json").read_text())["processes"] == 2
+
+
+@pytest.mark.slow
+def test_recipe_rebuild_matches_shipped_weights(tmp_path, monkeypatch):
+    """`pdmd-lab distill --recipe ring-mix/dmd-1s` from scratch gives the shipped weights, bit for bit
+    (one CPU thread, the shipped starting net from assets/init, the same torch build)."""
+    from pdmd_lab.recipes import student_config
+    from pdmd_lab.student import Student
+    from pdmd_lab.zoo import ASSETS
+
+    monkeypatch.setenv("PDMD_CACHE", str(tmp_path / "empty-cache"))  # the shipped init, not a local one
+    rebuilt = distill(student_config("ring-mix/dmd-1s"), tmp_path / "run", progress=False)
+    shipped = Student.load(ASSETS / "ring-mix" / "dmd-1s")
+    diffs = {k: float((v - weights(shipped)[k]).abs().max()) for k, v in weights(rebuilt).items()}
+    assert max(diffs.values()) == 0.0, diffs
+    cfg = json.loads((ASSETS / "ring-mix" / "dmd-1s" / "config.json").read_text())
+    assert cfg["train"] == json.loads((tmp_path / "run" / "config.json").read_text())["train"]

@@ -278,6 +278,9 @@ def read_train_state(out) -> dict | None:
 
 # Starting nets of oracle teachers, cached -----------------------------------------------------------
 
+SHIPPED_INITS = Path(__file__).resolve().parents[2] / "assets" / "init"
+
+
 def cache_dir() -> Path:
     """Where fitted starting nets are kept: ``$PDMD_CACHE`` or ``~/.cache/pdmd_lab``."""
     return Path(os.environ.get("PDMD_CACHE", Path.home() / ".cache" / "pdmd_lab"))
@@ -296,7 +299,10 @@ def oracle_init_net(teacher_spec: str, teacher, net_cfg: dict, dataset, iters: i
     with torch.random.fork_rng(devices=[]):  # seeded initial weights, whatever the global RNG holds
         torch.manual_seed(seed)
         net = build_net(net_cfg)
-    f = cache_dir() / f"init-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+    fname = f"init-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+    f = cache_dir() / fname
+    if not f.is_file() and (SHIPPED_INITS / fname).is_file():
+        f = SHIPPED_INITS / fname  # the shipped recipes' starting nets (seed 0) travel with the kit
     if f.is_file():
         try:
             io.load_weights(net, io.read_tensors(f.parent, f.stem), str(f))
@@ -307,6 +313,7 @@ def oracle_init_net(teacher_spec: str, teacher, net_cfg: dict, dataset, iters: i
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = fit_net_to_teacher(teacher, net, dataset, iters=iters, seed=seed, progress=progress)
+    f = cache_dir() / fname
     try:
         f.parent.mkdir(parents=True, exist_ok=True)
         io.save_weights_file(f, net.state_dict())

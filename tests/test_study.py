@@ -1,0 +1,57 @@
+"""`pdmd-lab study`: intervals, resumability, tables and the 2D metrics on known cases."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pdmd_lab import study
+from pdmd_lab.cli import main
+from pdmd_lab.data import get_dataset
+
+
+def test_mean_ci_is_the_student_t_interval():
+    v = [1.0, 2.0, 3.0, 4.0, 5.0]
+    mean, half = study.mean_ci(v)
+    assert mean == 3.0
+    assert half == pytest.approx(2.776 * np.std(v, ddof=1) / math.sqrt(5))  # t_{0.975, 4} = 2.776
+    assert math.isnan(study.mean_ci([2.0])[1])
+    assert study.parse_seeds("0-4") == [0, 1, 2, 3, 4] and study.parse_seeds("1,3") == [1, 3]
+    with pytest.raises(ValueError, match="seeds"):
+        study.parse_seeds("a-b")
+
+
+def test_score_2d_sees_a_dropped_mode_and_a_collapse():
+    ds = get_dataset("ring-mix")
+    labels = torch.arange(4000) % 4
+    ref, _ = ds.sample(4000, seed=0, labels=labels)
+    same, _ = ds.sample(4000, seed=1, labels=labels)
+    good = study.score_2d("ring-mix", same, labels, ref)
+    assert good["teacher_modes_missed"] == 0 and good["off_mode"] < 0.01 and abs(good["spread"] - 1) < 0.05
+    # Class 0 puts everything on its heaviest mode, at the mode centre: one mode missed, spread ~0.
+    collapsed = same.clone()
+    collapsed[labels == 0] = ds.gmm.means[0].float()
+    bad = study.score_2d("ring-mix", collapsed, labels, ref)
+    assert bad["teacher_modes_missed"] == 2  # modes 1 and 2 of class 0 (both hold >= 2% of its data)
+    assert bad["energy_distance"] > good["energy_distance"] + 0.01 and bad["spread"] < good["spread"]
+
+
+def test_study_resumes_and_writes_tables(tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["study", "--rows", "ring-mix/teacher@2,ring-mix/teacher@4", "--seeds", "0-1", "--n", "300",
+            "--out", str(out)]
+    assert main(args) == 0
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["row"], r["seed"]) for r in runs) == [("ring-mix/teacher@2", 0), ("ring-mix/teacher@2", 1),
+                                                           ("ring-mix/teacher@4", 0), ("ring-mix/teacher@4", 1)]
+    assert main(args) == 0  # resumed: nothing left to run
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 4
+    summary = json.loads((out / "summary.json").read_text())["ring-mix"]
+    assert summary["ring-mix/teacher@2"]["n_seeds"] == 2 and summary["ring-mix/teacher@4"]["nfe"] == 8
+    # teacher@2 (4 NFE) is further from the 50-step teacher than teacher@4.
+    assert summary["ring-mix/teacher@2"]["energy_distance"][0] > summary["ring-mix/teacher@4"]["energy_distance"][0]
+    assert (out / "summary.png").stat().st_size > 5000 and "± " in (out / "summary.md").read_text()
+    code = main([*args[:-2], "--set", "iters=4", "--out", str(out)])
+    assert code == 2 and "other settings" in capsys.readouterr().err
