@@ -117,6 +117,7 @@ def test_k_step_teacher_law(joint, oracle, k):
     h = joint_histogram(x, V)
     floor = tv_noise_floor(law, n)
     tv_law, tv_p = total_variation(h, law), total_variation(h, joint.table(CLASS))
+    print(f"k={k}: TV to the law {tv_law:.4f} (noise floor {floor:.4f}), TV to P {tv_p:.4f}")
     assert tv_law < 1.25 * floor, (tv_law, floor)  # measured ~floor (0.03 at n = 1e5)
     exact_gap = total_variation(law, joint.table(CLASS))  # 0.60 / k for this class
     assert tv_p == pytest.approx(exact_gap, abs=2 * floor)
@@ -163,6 +164,9 @@ class MixtureGenerator(Tabular):
         self.register_buffer("cdf", joint.weights[c].cumsum(0).float())
         self.first = nn.Parameter(joint.first.log().float())  # (J, V)
         self.second = nn.Parameter(joint.second.log().float())
+
+    def noise_shape(self):
+        return (1,)
 
     def draw_noise(self, batch, generator=None):
         return torch.randn(batch, 1, generator=generator)
@@ -235,6 +239,7 @@ def test_auxiliary_reaches_its_optimum(joint, oracle, target, tol):
     phi = torch.softmax(aux.am.detach().double(), 1)
     err = float((p1 * 0.5 * (phi - optimum).abs().sum(1)).sum())
     gap = float((p1 * 0.5 * (optimum - cond).abs().sum(1)).sum())
+    print(f"auxiliary ({target}): error {err:.4f}, gap {gap:.3f}")
     assert gap > 0.2 and err < tol, (err, gap)
     marg = torch.softmax(aux.mm.detach().double(), 1)
     assert total_variation(marg[0], p1) < 0.01 and total_variation(marg[1], p.sum(0)) < 0.01
@@ -249,7 +254,7 @@ def test_generator_gradient_closed_form_and_sign(joint, oracle):
     """The Monte Carlo generator gradient (library ``generator_loss``, auxiliary at its closed-form optimum)
     equals the closed-form expected gradient of the factorised generator, sign included:
     ``E grad_{am[a]} = P1(a) W_A J(P(.|a))^T d_a``, ``E grad_{mm[2]} = W_B J(P2)^T sum_a P1(a) d_a`` with
-    ``d_a = log phi*(.|a) - log P(.|a)``. Relative error ~3%, cosine > 0.999; nothing reaches the auxiliary."""
+    ``d_a = log phi*(.|a) - log P(.|a)``. Relative error 1-7%, cosine > 0.998; nothing reaches the auxiliary."""
     p = joint.table(CLASS)
     p1, p2 = p.sum(1), p.sum(0)
     cond, cond_t = p / p1[:, None], p.T / p2[:, None]
@@ -261,7 +266,7 @@ def test_generator_gradient_closed_form_and_sign(joint, oracle):
         aux.mb.copy_(opt_b.log())
     gen = Tabular(p)
     g = torch.Generator().manual_seed(3)
-    n, reps = 50_000, 4
+    n, reps = 50_000, 8
     for _ in range(reps):
         x0, _ = joint.sample(n, g, _labels(n))
         loss, _ = dmmd.generator_loss(gen, aux, oracle, x0, _labels(n), steps=STEPS, rng=g)
@@ -276,6 +281,7 @@ def test_generator_gradient_closed_form_and_sign(joint, oracle):
     for name, cf in closed.items():
         rel = float((mc[name].double() - cf).norm() / cf.norm())
         cos = float(torch.nn.functional.cosine_similarity(mc[name].double().flatten(), cf.flatten(), 0))
+        print(f"generator gradient {name}: relative error {rel:.3f}, cosine {cos:.4f}")
         assert rel < 0.1 and cos > 0.995, (name, rel, cos)
     assert closed["mm2"].norm() > 0.03  # non-zero: a factorised generator is not stationary
 
@@ -302,4 +308,167 @@ def test_exact_generator_has_zero_gradient(joint, oracle):
             loss, _ = dmmd.generator_loss(gen, a, oracle, x0, _labels(50_000), steps=STEPS, rng=g)
             (loss.mean() / 4).backward()
         norms[name] = math.sqrt(sum(float(q.grad.norm()) ** 2 for q in gen.parameters() if q.grad is not None))
+    print(f"generator gradient norms: {norms}")
     assert norms["factorised"] > 0.03 and norms["exact"] < 1e-2 * norms["factorised"], norms
+
+
+# Networks, datasets, teacher training ---------------------------------------------------------------
+
+
+def test_token_datasets():
+    x, y = get_dataset("ring-mix-tokens").sample(500, seed=0)
+    assert x.shape == (500, 2) and x.dtype == torch.long and 0 <= x.min() and x.max() < V
+    assert sorted(torch.unique(y).tolist()) == [0, 1, 2, 3]
+    ds = get_dataset("mnist-binary")
+    x, y = ds.sample(64, seed=0)
+    assert ds.kind == "tokens" and ds.vocab_size == 2 and x.shape == (64, 1, 28, 28)
+    assert set(torch.unique(x).tolist()) == {0, 1} and 0.08 < x.float().mean() < 0.2  # ink share ~0.135
+
+
+@pytest.mark.parametrize("kind", ["token-mlp", "token-unet"])
+def test_nets_carry_over_and_noise_input_starts_as_the_teacher(kind):
+    """Logits over V real tokens only; one-hot at visible positions; the generator built by add_noise_input
+    equals the net for any eps at initialisation, and its noise layer does get a gradient."""
+    from pdmd_lab.discrete.nets import TokenMLPConfig, TokenUNetConfig, add_noise_input, build_net
+
+    torch.manual_seed(0)
+    if kind == "token-mlp":
+        net, shape, vocab = build_net(TokenMLPConfig(hidden=32, depth=1, emb_dim=16)), (2,), V
+    else:
+        cfg = TokenUNetConfig(sample_size=8, block_out_channels=(8, 16), attention=False, norm_num_groups=4)
+        net, shape, vocab = build_net(cfg), (1, 8, 8), 2
+    z = mask_tokens(torch.randint(0, vocab, (4, *shape)), 0.5, vocab, torch.Generator().manual_seed(1))
+    logits = net(z, 0.5, torch.tensor([0, 1, 2, 3]))
+    assert logits.shape == (4, *shape, vocab)
+    p = torch.softmax(logits, -1)
+    visible = z != vocab
+    assert torch.allclose(p[visible].gather(-1, z[visible][:, None]), torch.ones(1)) and visible.any()
+    gen = add_noise_input(net, 3, noise_gain=10.0)
+    eps = gen.draw_noise(4, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(gen(z, 0.5, torch.tensor([0, 1, 2, 3]), eps=eps), logits)
+    (gen(z, 0.5, None, eps=eps) * torch.randn_like(logits)).sum().backward()
+    layer = gen.noise_in.weight if kind == "token-mlp" else gen.unet.conv_in.weight
+    assert layer.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="pass eps"):
+        gen(z, 0.5, None)
+
+
+def test_mdlm_loss_optimum_is_the_posterior_mean(joint, oracle):
+    """The MDLM loss's expected gradient vanishes at E[x | z_t] (a tabular net at the exact denoiser:
+    norm ~7e-4, Monte Carlo) and not at a perturbed one (~0.03)."""
+    from pdmd_lab.discrete.teacher import masked_diffusion_loss
+
+    p = joint.table(CLASS)
+    norms = []
+    for perturb in (0.0, 1.0):
+        net = Tabular(p)
+        with torch.no_grad():
+            net.am.add_(perturb * torch.randn(V, V, generator=torch.Generator().manual_seed(0)))
+        g = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            x0, _ = joint.sample(50_000, g, _labels(50_000))
+            (masked_diffusion_loss(net, x0, None, g).mean() / 4).backward()
+        norms.append(float(net.am.grad.norm()))
+    print(f"MDLM gradient norms (exact, perturbed): {norms}")
+    assert norms[0] < 0.01 and norms[1] > 10 * norms[0], norms
+
+
+def test_masked_teacher_training_resumes_exactly(tmp_path):
+    """train_masked_teacher on ring-mix-tokens: 12 iterations in one go equal 6 + a resumed 6 (weights and
+    EMA); the folder loads back as a masked teacher; a continuous loader refuses it in one line."""
+    from pdmd_lab.discrete.teacher import MaskedTeacherConfig, load_masked_teacher, train_masked_teacher
+    from pdmd_lab.teacher import load_teacher
+
+    net = {"type": "token-mlp", "hidden": 32, "depth": 1, "emb_dim": 16, "num_classes": 4, "vocab_size": V,
+           "seq_len": 2}
+    cfg = dict(data="ring-mix-tokens", batch_size=64, checkpoint_every=6, net=net)
+    full = train_masked_teacher(MaskedTeacherConfig(iters=12, **cfg), tmp_path / "full", progress=False)
+    part = tmp_path / "part"
+    train_masked_teacher(MaskedTeacherConfig(iters=6, **cfg), part, progress=False)
+    train_masked_teacher(MaskedTeacherConfig(iters=12, **cfg), part, progress=False)
+    a, b = load_masked_teacher(full), load_masked_teacher(part)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, msg=k)
+    assert a.dataset == "ring-mix-tokens" and a.teacher_kind == "discrete"
+    with pytest.raises(ValueError, match="is not a teacher folder"):
+        load_teacher(full)
+
+
+# Bad input --------------------------------------------------------------------------------------------
+
+
+def test_bad_input_one_line_errors(joint, oracle):
+    cases = [
+        (lambda: mask_tokens(torch.tensor([[3, V]]), 0.5, V), "must lie in 0..31"),
+        (lambda: oracle(torch.tensor([[40, V]]), 0.5, None), "must lie in 0..31 or the mask 32"),
+        (lambda: check_tokens(torch.rand(2, 2), V), "integer tokens"),
+        (lambda: joint_histogram(torch.tensor([[0, 33]]), V), "must lie in"),
+        (lambda: step_times(0), "steps must be an integer >= 1"),
+        (lambda: joint.k_step_law(0), "steps must be an integer >= 1"),
+        (lambda: dmmd.sample_times(4, 0), "steps must be an integer >= 1"),
+        (lambda: reveal_probability(0.6, 0.5), "0 <= s <= t <= 1"),
+        (lambda: oracle(torch.tensor([[1, V]]), 0.5, torch.tensor([7])), "labels must lie in"),
+    ]
+    for fn, msg in cases:
+        with pytest.raises(ValueError, match=msg) as e:
+            fn()
+        assert "\n" not in str(e.value)
+
+
+def test_teacher_kind_mismatch_is_refused_early(monkeypatch, tmp_path):
+    """A continuous teacher given to d-mmd, and a masked teacher given to a continuous method, are refused
+    in one line before any starting net is fitted; so is d-mmd with k < 1 or a shift."""
+    from pdmd_lab.distill import DistillConfig, build_distiller
+
+    monkeypatch.setenv("PDMD_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="distils discrete teachers; 'oracle:ring-mix' is a continuous"):
+        build_distiller(DistillConfig(teacher="oracle:ring-mix", method="d-mmd", steps=2), progress=False)
+    with pytest.raises(ValueError, match="distils continuous teachers; 'oracle:ring-mix-tokens' is a discrete"):
+        build_distiller(DistillConfig(teacher="oracle:ring-mix-tokens", method="dmd", steps=1), progress=False)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        DistillConfig(teacher="oracle:ring-mix-tokens", method="d-mmd", steps=0)
+    with pytest.raises(ValueError, match="shift does not apply to d-mmd"):
+        DistillConfig(teacher="oracle:ring-mix-tokens", method="d-mmd", steps=2, shift=3.0)
+    with pytest.raises(ValueError, match="target must be one of"):
+        DistillConfig(teacher="oracle:ring-mix-tokens", method="d-mmd", options={"target": "mean"})
+    assert not list(tmp_path.iterdir())  # nothing was fitted
+
+
+# End to end: the engine's d-mmd on the exact oracle ------------------------------------------------
+
+
+TOY_NET = {"type": "token-mlp", "hidden": 128, "depth": 2, "emb_dim": 64, "num_classes": 4, "vocab_size": V,
+           "seq_len": 2}
+
+
+def _toy_student_tv(tmp_path, noise_dim: int) -> tuple[float, object]:
+    from pdmd_lab.distill import DistillConfig, build_distiller
+    from pdmd_lab.student import Student
+
+    cfg = DistillConfig(teacher="oracle:ring-mix-tokens", method="d-mmd", steps=2, cfg=1.0, iters=150,
+                        batch_size=1024, lr_generator=1e-4, lr_fake=1e-4, fake_updates_per_generator_update=1,
+                        init_iters=300, net=dict(TOY_NET), options={"noise_dim": noise_dim}, checkpoint_every=150)
+    out = tmp_path / f"d-mmd-noise{noise_dim}"
+    build_distiller(cfg, out, progress=False).train()
+    student = Student.load(out)  # the saved folder, through the one loader and the masked sampler
+    labels = torch.arange(20_000) % 4
+    x = student.sample(labels, seed=0)
+    return joint_distances(x, labels, ring_mix_tokens(V))["tv"], student
+
+
+def test_dmmd_end_to_end_beats_the_two_step_teacher(monkeypatch, tmp_path, joint, oracle):
+    """D-MMD at k = 2 on the exact oracle (150 updates, ~15 s): its TV to the true joint is far below the
+    2-step teacher's exact 0.30 (measured 0.17); without the noise input the generator cannot correlate
+    the two tokens it reveals together and drifts the other way (measured 0.46)."""
+    monkeypatch.setenv("PDMD_CACHE", str(tmp_path / "cache"))
+    labels = torch.arange(20_000) % 4
+    x = sample_masked(oracle, all_masked(20_000, (2,), V), step_times(2), class_labels=labels,
+                      generator=torch.Generator().manual_seed(0))
+    teacher_tv = joint_distances(x, labels, joint)["tv"]
+    assert teacher_tv == pytest.approx(0.30, abs=0.02)
+    tv, student = _toy_student_tv(tmp_path, noise_dim=8)
+    assert student.meta["method"] == "d-mmd" and student.num_steps == 2 and student.experts[0].noise_dim == 8
+    assert tv < 0.75 * teacher_tv, (tv, teacher_tv)
+    tv_no_noise, _ = _toy_student_tv(tmp_path, noise_dim=0)
+    print(f"k=2 TV: teacher {teacher_tv:.3f}, d-mmd {tv:.3f}, d-mmd without noise {tv_no_noise:.3f}")
+    assert tv_no_noise > tv + 0.1, (tv_no_noise, tv)

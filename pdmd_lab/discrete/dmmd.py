@@ -31,11 +31,58 @@ from pdmd_lab.discrete.teacher import masked_cross_entropy
 TARGETS = ("soft", "hard")  # auxiliary targets: y = sg(p) (same eps) or y = onehot(x)
 
 
-def sample_times(batch: int, steps: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """DMMD.md §3 step 1: ``s ~ U(0, 1)``, ``delta ~ U(0, 1/k)``, ``t = min(1, s + delta)``; ``(B,)`` each."""
+class GeneratorSource:
+    """Per-sample random numbers ``(B, *shape)`` from a torch generator (standalone use, tests)."""
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
+
+    def rand(self, batch: int, *shape) -> torch.Tensor:
+        return torch.rand((batch, *shape), generator=self.generator)
+
+    def randn(self, batch: int, *shape) -> torch.Tensor:
+        return torch.randn((batch, *shape), generator=self.generator)
+
+
+class DrawSource:
+    """Per-sample random numbers from the engine's :class:`~pdmd_lab.distill.methods.Draw`: drawn for the
+    global batch and sliced to this process, so N processes draw what one process does. Uniforms are
+    ``Phi(N(0, 1))`` (the Draw's per-sample Gaussians through the normal CDF)."""
+
+    def __init__(self, draw):
+        self.draw = draw
+
+    def randn(self, batch: int, *shape) -> torch.Tensor:
+        if batch != self.draw.local:
+            raise ValueError(f"batch {batch} differs from this process's share of the draw ({self.draw.local})")
+        return self.draw.randn(*shape).cpu()
+
+    def rand(self, batch: int, *shape) -> torch.Tensor:
+        return torch.special.ndtr(self.randn(batch, *shape).double()).float()
+
+
+def as_source(rng) -> GeneratorSource | DrawSource:
+    """A random source from a torch generator (or None), or the source itself."""
+    if rng is None or isinstance(rng, torch.Generator):
+        return GeneratorSource(rng)
+    return rng
+
+
+def _unwrap(net):
+    """The module behind a data-parallel wrapper (its attributes: ``vocab_size``, ``noise_dim``...)."""
+    return getattr(net, "module", net)
+
+
+def sample_times(batch: int, steps: int, generator: torch.Generator | None = None, *,
+                 u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """DMMD.md §3 step 1: ``s ~ U(0, 1)``, ``delta ~ U(0, 1/k)``, ``t = min(1, s + delta)``; ``(B,)`` each.
+
+    ``u`` ``(B, 2)``: pre-drawn uniforms for ``s`` and ``delta``.
+    """
     step_times(steps)  # validates k
-    s = torch.rand(batch, generator=generator)
-    delta = torch.rand(batch, generator=generator) / steps
+    if u is None:
+        u = torch.rand(batch, 2, generator=generator)
+    s, delta = u[:, 0], u[:, 1] / steps
     return s, (s + delta).clamp(max=1.0)
 
 
@@ -57,19 +104,24 @@ class Rollout:
         return self.z_s == self.p.shape[-1]
 
 
-def rollout(generator_net, x0: torch.Tensor, labels, steps: int, rng: torch.Generator | None = None, *,
-            grad: bool = False) -> Rollout:
-    """DMMD.md §3 steps 1-4 on clean data ``x0``; ``grad`` keeps the graph of ``p`` (generator step)."""
-    v = generator_net.vocab_size
-    s, t = sample_times(x0.shape[0], steps, rng)
-    s, t = s.to(x0.device), t.to(x0.device)
-    z_t = mask_tokens(x0, t, v, rng)  # from DATA
-    eps = generator_net.draw_noise(x0.shape[0], rng).to(x0.device) if generator_net.noise_dim else None
+def rollout(generator_net, x0: torch.Tensor, labels, steps: int, rng=None, *, grad: bool = False) -> Rollout:
+    """DMMD.md §3 steps 1-4 on clean data ``x0``; ``grad`` keeps the graph of ``p`` (generator step).
+
+    ``rng``: a torch generator, None, or a source (:class:`DrawSource` in the trainer).
+    """
+    net = _unwrap(generator_net)
+    v = net.vocab_size
+    src = as_source(rng)
+    b, shape, dev = x0.shape[0], tuple(x0.shape[1:]), x0.device
+    s, t = sample_times(b, steps, u=src.rand(b, 2))
+    s, t = s.to(dev), t.to(dev)
+    z_t = mask_tokens(x0, t, v, u=src.rand(b, *shape))  # from DATA
+    eps = src.randn(b, *net.noise_shape()).to(dev) if net.noise_dim else None
     with torch.set_grad_enabled(grad):
         logits = generator_net(z_t, t, labels) if eps is None else generator_net(z_t, t, labels, eps=eps)
         p = torch.softmax(logits.float(), -1)
-    x = draw_categorical(p.detach(), rng)
-    z_s = reveal(z_t, x, s, t, v, rng)
+    x = draw_categorical(p.detach(), u=src.rand(b, *shape))
+    z_s = reveal(z_t, x, s, t, v, u=src.rand(b, *shape))
     return Rollout(s, t, z_t, eps, p, x, z_s)
 
 
@@ -109,7 +161,7 @@ def _teacher_probs(teacher, z_s, s, labels, cfg: float) -> torch.Tensor:
 
 
 def generator_loss(generator_net, auxiliary, teacher, x0: torch.Tensor, labels, *, steps: int, cfg: float = 1.0,
-                   rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+                   rng=None) -> tuple[torch.Tensor, dict]:
     """The generator step's loss (generator only): a rollout with grad, then :func:`generator_objective`."""
     r = rollout(generator_net, x0, labels, steps, rng, grad=True)
     p_teacher = _teacher_probs(teacher, r.z_s, r.s, labels, cfg)
@@ -123,7 +175,7 @@ def generator_loss(generator_net, auxiliary, teacher, x0: torch.Tensor, labels, 
 
 
 def auxiliary_loss(generator_net, auxiliary, teacher, x0: torch.Tensor, labels, *, steps: int, cfg: float = 1.0,
-                   target: str = "soft", rng: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+                   target: str = "soft", rng=None) -> tuple[torch.Tensor, dict]:
     """The auxiliary step's loss (updates the auxiliary only): a rollout without grad, then :func:`auxiliary_objective`.
 
     ``target="soft"`` uses ``y = sg(p)`` from the same ``eps`` that drew ``x`` (lower variance, same

@@ -19,8 +19,15 @@ import torch
 NEG = -1e4  # logit of the impossible tokens at a visible position (finite: 0 * NEG stays 0)
 
 
-def _uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    """``U(0, 1)`` draws from a (CPU) generator, moved to ``device``: seeded runs agree across devices."""
+def _uniform(shape, generator: torch.Generator | None, device, u: torch.Tensor | None = None) -> torch.Tensor:
+    """``U(0, 1)`` draws from a (CPU) generator, moved to ``device``: seeded runs agree across devices.
+
+    ``u``, when given, holds the draws already (the trainer draws them for the global batch).
+    """
+    if u is not None:
+        if tuple(u.shape) != tuple(shape):
+            raise ValueError(f"pre-drawn uniforms have shape {tuple(u.shape)}, expected {tuple(shape)}")
+        return u.to(device)
     return torch.rand(shape, generator=generator).to(device)
 
 
@@ -83,15 +90,16 @@ def all_masked(batch: int, shape, vocab_size: int, device=None) -> torch.Tensor:
     return torch.full((batch, *shape), vocab_size, dtype=torch.long, device=device)
 
 
-def mask_tokens(x: torch.Tensor, t, vocab_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def mask_tokens(x: torch.Tensor, t, vocab_size: int, generator: torch.Generator | None = None, *,
+                u: torch.Tensor | None = None) -> torch.Tensor:
     """Forward process ``q(z_t | x)``: each position keeps its token with probability ``alpha_t``, else is ``V``."""
     x = check_tokens(x, vocab_size)
-    keep = _uniform(x.shape, generator, x.device) < alpha(_per_sample(t, x))
+    keep = _uniform(x.shape, generator, x.device, u) < alpha(_per_sample(t, x))
     return torch.where(keep, x, torch.full_like(x, vocab_size))
 
 
-def reveal(z_t: torch.Tensor, x: torch.Tensor, s, t, vocab_size: int,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def reveal(z_t: torch.Tensor, x: torch.Tensor, s, t, vocab_size: int, generator: torch.Generator | None = None, *,
+           u: torch.Tensor | None = None) -> torch.Tensor:
     """Posterior ``q(z_s | z_t, x)``, ``s < t``: a masked position becomes ``x`` with probability ``r(s, t)``.
 
     Unmasked positions of ``z_t`` stay. ``s`` and ``t`` are scalars or ``(B,)``; where ``s = 0``
@@ -100,8 +108,7 @@ def reveal(z_t: torch.Tensor, x: torch.Tensor, s, t, vocab_size: int,
     s_b, t_b = _per_sample(s, z_t), _per_sample(t, z_t)
     r = (alpha(s_b) - alpha(t_b)) / (1 - alpha(t_b)).clamp_min(1e-12)
     r = torch.where(s_b <= 0, torch.ones_like(r), r)
-    u = _uniform(z_t.shape, generator, z_t.device)
-    show = (z_t == vocab_size) & (u < r)
+    show = (z_t == vocab_size) & (_uniform(z_t.shape, generator, z_t.device, u) < r)
     return torch.where(show, x, z_t)
 
 
@@ -116,9 +123,10 @@ def carry_over(logits: torch.Tensor, z: torch.Tensor, vocab_size: int) -> torch.
     return torch.where(visible[..., None], forced, logits)
 
 
-def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = None, *,
+                     u: torch.Tensor | None = None) -> torch.Tensor:
     """One draw per row of ``probs`` ``(..., V)`` by inverse CDF: ``(...)`` long tokens."""
-    u = _uniform(probs.shape[:-1], generator, probs.device)
+    u = _uniform(probs.shape[:-1], generator, probs.device, u)
     cdf = probs.double().cumsum(-1)
     cdf = cdf / cdf[..., -1:]
     x = (cdf < u[..., None]).sum(-1)
@@ -150,28 +158,50 @@ def guided_logits(model, z: torch.Tensor, t, class_labels=None, cfg: float = 1.0
     return l_u + cfg * (l_c - l_u)  # both carry over the visible tokens, so the mix does too
 
 
+def step_net(model, t: float):
+    """The network a sampler routes the step at ``t`` to: a student's expert (``expert_index``), else ``model``."""
+    if hasattr(model, "expert_index") and hasattr(model, "experts"):
+        return model.experts[model.expert_index(t)]
+    return model
+
+
 @torch.no_grad()
 def sample_masked(model, z: torch.Tensor, ts, *, class_labels=None, cfg: float = 1.0, callback=None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Ancestral sampler of masked diffusion over the descending times ``ts`` (DMMD.md §1). NFE = ``len(ts) - 1``.
 
     Each step ``t -> s``: ``x ~ Cat(softmax(l))`` per position independently (``l`` the guided logits),
-    then ``z_s ~ q(z_s | z_t, x)``. A model with ``noise_dim > 0`` (a D-MMD generator) gets a fresh
-    Gaussian ``eps`` every step. The callback receives a dict (``z``, ``i``, ``t``, ``t_next``,
-    ``probs``, ``x``, ``z_next``) after every step.
+    then ``z_s ~ q(z_s | z_t, x)``. A network with ``noise_dim > 0`` (a D-MMD generator) gets a fresh
+    Gaussian ``eps`` every step. ``model`` is a masked denoiser or a sampler object whose experts are
+    (a :class:`~pdmd_lab.student.Student`); negative tokens in ``z`` count as masked (the sampler
+    registry draws the initial state without knowing ``V``). The callback receives a dict (``z``,
+    ``x_next`` (= ``z_s``), ``i``, ``t``, ``t_next``, ``probs``, ``x``) after every step.
     """
     ts = torch.as_tensor(ts, dtype=torch.float64)
     if ts.ndim != 1 or len(ts) < 2 or not (ts[1:] < ts[:-1]).all() or ts[0] > 1 or ts[-1] < 0:
         raise ValueError(f"ts must be a descending sequence in [0, 1] with at least 2 entries, got {ts.tolist()}")
-    v = model.vocab_size
+    v = step_net(model, float(ts[0])).vocab_size
+    z = torch.as_tensor(z)
+    z = torch.where(z < 0, torch.full_like(z, v), z) if not z.dtype.is_floating_point else z
     z = check_tokens(z, v, allow_mask=True, name="z")
     for i in range(len(ts) - 1):
         t, s = float(ts[i]), float(ts[i + 1])
-        eps = model.draw_noise(z.shape[0], generator).to(z.device) if getattr(model, "noise_dim", 0) else None
-        probs = torch.softmax(guided_logits(model, z, t, class_labels, cfg, eps).float(), -1)
+        net = step_net(model, t)
+        eps = net.draw_noise(z.shape[0], generator).to(z.device) if getattr(net, "noise_dim", 0) else None
+        logits = guided_logits(model if eps is None else net, z, t, class_labels, cfg, eps)
+        probs = torch.softmax(logits.float(), -1)
         x = draw_categorical(probs, generator)
         z_next = reveal(z, x, s, t, v, generator)
         if callback is not None:
-            callback({"z": z, "i": i, "t": t, "t_next": s, "probs": probs, "x": x, "z_next": z_next})
+            callback({"z": z, "x_next": z_next, "i": i, "t": t, "t_next": s, "probs": probs, "x": x})
         z = z_next
     return z
+
+
+def masked_initial(shape, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Initial state of the masked sampler for the sampler registry: every position masked.
+
+    Written as ``-1`` (masked whatever ``V`` is; :func:`sample_masked` maps it to ``V``), since the
+    registry's initial-state function does not know the vocabulary.
+    """
+    return torch.full((n, *shape), -1, dtype=torch.long, device=device)

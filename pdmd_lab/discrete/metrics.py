@@ -139,7 +139,7 @@ def sampler_entropy(model, labels: torch.Tensor, shape, steps: int, *, cfg: floa
 
     def keep(d):
         nonlocal total, count
-        revealed = (d["z"] == model.vocab_size) & (d["z_next"] != model.vocab_size)
+        revealed = (d["z"] == model.vocab_size) & (d["x_next"] != model.vocab_size)
         p = d["probs"]
         h = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
         total += float(h[revealed].sum())

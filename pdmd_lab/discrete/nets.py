@@ -34,6 +34,7 @@ class TokenMLPConfig:
     depth: int = 3  # residual blocks
     emb_dim: int = 64  # token, time and class embedding width
     noise_dim: int = 0  # > 0: a generator reading eps ~ N(0, I_noise_dim) through a zero-initialised layer
+    noise_gain: float = 1.0  # the layer reads noise_gain * eps (ours: with Adam, its learning rate times noise_gain)
 
 
 @dataclass
@@ -48,13 +49,14 @@ class TokenUNetConfig:
     attention: bool = True  # self-attention at the lowest resolution
     norm_num_groups: int = 8
     noise_dim: int = 0  # > 0: a generator reading eps ~ N(0, I) of shape (noise_dim, H, W) (zero-initialised)
+    noise_gain: float = 1.0  # the layer reads noise_gain * eps (ours: with Adam, its learning rate times noise_gain)
     extra: dict = field(default_factory=dict)  # passed to UNet2DModel as is
 
 
 class MaskedDenoiser(nn.Module):
     """Base of the masked-diffusion networks: ``logits = net(z_t, t, class_labels, eps=None)``."""
 
-    process = "masked"
+    teacher_kind = "discrete"  # what the distillation engine checks against a method's teacher_kind
     config: TokenMLPConfig | TokenUNetConfig
 
     @property
@@ -135,7 +137,7 @@ class TokenMLP(MaskedDenoiser):
         cond = cond + self.class_emb(self._labels(class_labels, b, z.device))  # (B, H)
         h = self.inp((self.token_emb(z) + self.pos_emb).flatten(1)) + cond  # (B, H)
         if eps is not None:
-            h = h + self.noise_in(eps.to(h))
+            h = h + self.noise_in(c.noise_gain * eps.to(h))
         for block in self.blocks:
             h = h + block(h + cond)
         logits = self.out(h).reshape(b, c.seq_len, c.vocab_size)
@@ -191,7 +193,7 @@ class TokenUNet(MaskedDenoiser):
         x = nn.functional.one_hot(z, c.vocab_size + 1).to(dtype)  # (B, C, H, W, V + 1)
         x = x.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, C (V + 1), H, W)
         if eps is not None:
-            x = torch.cat([x, eps.to(x)], 1)
+            x = torch.cat([x, c.noise_gain * eps.to(x)], 1)
         out = self.unet(x, 1000 * self._times(t, b, z.device), class_labels=self._labels(class_labels, b, z.device))
         logits = out.sample.unflatten(1, (c.channels, c.vocab_size)).permute(0, 1, 3, 4, 2)  # (B, C, H, W, V)
         return carry_over(logits, z, c.vocab_size)
@@ -235,18 +237,28 @@ def default_net_config(dataset) -> TokenMLPConfig | TokenUNetConfig:
     return TokenUNetConfig(sample_size=h, channels=c, vocab_size=dataset.vocab_size, num_classes=dataset.num_classes)
 
 
-def add_noise_input(net: MaskedDenoiser, noise_dim: int) -> MaskedDenoiser:
+def add_noise_input(net: MaskedDenoiser, noise_dim: int, noise_gain: float = 1.0) -> MaskedDenoiser:
     """A D-MMD generator: a copy of ``net`` that also reads Gaussian noise through a zero-initialised layer.
 
     DMMD.md §3: the masked state holds too little randomness for a stochastic multi-token step, so the
     generator gets ``eps``; the layer reading it starts at zero, so the copy equals ``net`` for every
     ``eps`` at initialisation. ``noise_dim = 0`` returns a plain copy (the no-noise ablation).
+
+    ``noise_gain`` **(ours)**: the layer reads ``noise_gain * eps``. At initialisation the output does not
+    depend on ``eps``, so the expected gradient towards depending on it is zero and only minibatch noise
+    breaks the symmetry; meanwhile the generator loss of a generator that cannot correlate its tokens is
+    mode-seeking (its marginals drift). Under Adam the gain multiplies the noise layer's effective
+    learning rate, and the symmetry breaks before the drift: on the toy, gain 100 took the k = 2 TV from
+    0.30 to 0.15 in 120 updates where gain 1 drifted to 0.45.
     """
     if noise_dim < 0:
         raise ValueError(f"noise_dim must be >= 0, got {noise_dim}")
+    if noise_gain <= 0:
+        raise ValueError(f"noise_gain must be > 0, got {noise_gain}")
     if net.noise_dim:
         raise ValueError("the network already reads a noise input")
-    gen = build_net(dataclasses.replace(net.config, noise_dim=noise_dim)).to(next(net.parameters()).device)
+    cfg = dataclasses.replace(net.config, noise_dim=noise_dim, noise_gain=noise_gain if noise_dim else 1.0)
+    gen = build_net(cfg).to(next(net.parameters()).device)
     state = gen.state_dict()
     for k, v in net.state_dict().items():
         if state[k].shape == v.shape:

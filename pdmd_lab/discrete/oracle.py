@@ -173,7 +173,7 @@ class TokenOracle(nn.Module):
     so ``t`` is accepted and ignored. Label ``num_classes`` (or None) is the null class.
     """
 
-    process = "masked"
+    teacher_kind = "discrete"  # what the distillation engine checks against a method's teacher_kind
     noise_dim = 0
 
     def __init__(self, joint: TokenJoint, dataset: str = ""):

@@ -118,7 +118,8 @@ def train_masked_teacher(config: MaskedTeacherConfig, out: str | Path, *, resume
         tensors = io.read_tensors(state_dir, "state")
         io.load_weights(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, str(state_dir))
         io.load_weights(ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, str(state_dir))
-        io.unflatten_optimizer(opt, tensors, st_cfg["optimizer"], "opt")
+        io.unflatten_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("opt.")}, st_cfg["optimizer"],
+                               "opt")
         start, wall = st_cfg["step"], st_cfg["wall_time_s"]
 
     ema.to(accelerator.device)
