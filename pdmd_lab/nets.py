@@ -139,6 +139,10 @@ def net_config_from_dict(d: dict) -> MLPConfig | UNetConfig:
     """Rebuild a network config from its JSON form; unknown types or fields raise ValueError."""
     kind = d.get("type")
     if kind not in NET_CONFIGS:
+        from pdmd_lab.distill.methods import load_plugins
+
+        load_plugins()  # optional parts register their network types (pdmd_lab.discrete: token-mlp, token-unet)
+    if kind not in NET_CONFIGS:
         raise ValueError(f"unknown network type {kind!r}; choose one of: {', '.join(NET_CONFIGS)}")
     cls = NET_CONFIGS[kind]
     known = set(cls.__dataclass_fields__)
