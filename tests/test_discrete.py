@@ -7,6 +7,7 @@ checks use tabular models of one class, so every optimum is a closed form.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -434,6 +435,23 @@ def test_teacher_kind_mismatch_is_refused_early(monkeypatch, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing was fitted
 
 
+def test_cli_discrete_errors_and_teacher(tmp_path, capsys):
+    """The CLI: a kind mismatch is one line and exit code 2; train-teacher on a token dataset trains a
+    masked teacher; sample draws the oracle at k steps."""
+    from pdmd_lab.cli import main
+
+    rc = main(["--threads", "1", "distill", "--method", "d-mmd", "--teacher", "oracle:ring-mix", "--steps", "2",
+               "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "distils discrete teachers" in err
+    assert main(["--threads", "1", "train-teacher", "--data", "ring-mix-tokens", "--iters", "3", "--batch-size", "16",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["kind"] == "masked-teacher"
+    assert main(["--threads", "1", "sample", "--model", "oracle:ring-mix-tokens", "--steps", "2", "--n", "400",
+                 "--out", str(tmp_path / "o.png")]) == 0
+    assert (tmp_path / "o.png").stat().st_size > 0
+
+
 # End to end: the engine's d-mmd on the exact oracle ------------------------------------------------
 
 
@@ -469,6 +487,16 @@ def test_dmmd_end_to_end_beats_the_two_step_teacher(monkeypatch, tmp_path, joint
     tv, student = _toy_student_tv(tmp_path, noise_dim=8)
     assert student.meta["method"] == "d-mmd" and student.num_steps == 2 and student.experts[0].noise_dim == 8
     assert tv < 0.75 * teacher_tv, (tv, teacher_tv)
+    # the CLI: sample and evaluate work on discrete models (the teacher is added at k, 4k and full steps)
+    from pdmd_lab.cli import main
+
+    assert main(["--threads", "1", "sample", "--model", str(tmp_path / "d-mmd-noise8"), "--n", "400",
+                 "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["--threads", "1", "evaluate", "--models", str(tmp_path / "d-mmd-noise8"), "--n", "4000",
+                 "--out", str(tmp_path / "eval")]) == 0
+    rows = json.loads((tmp_path / "eval" / "metrics.json").read_text())["rows"]
+    assert set(rows) == {str(tmp_path / "d-mmd-noise8"), *(f"oracle:ring-mix-tokens@{k}" for k in (2, 8, 100))}
+    assert rows[str(tmp_path / "d-mmd-noise8")]["tv"] < rows["oracle:ring-mix-tokens@2"]["tv"] - 0.05
     tv_no_noise, _ = _toy_student_tv(tmp_path, noise_dim=0)
     print(f"k=2 TV: teacher {teacher_tv:.3f}, d-mmd {tv:.3f}, d-mmd without noise {tv_no_noise:.3f}")
     assert tv_no_noise > tv + 0.1, (tv_no_noise, tv)
