@@ -73,6 +73,12 @@ def load(name: str, assets: Path = ASSETS, *, steps: int | None = None, cfg: flo
     """
     name, at_steps = parse_name(name)
     steps = at_steps if steps is None else steps
+    from pdmd_lab.discrete.evaluate import masked_spec  # masked-diffusion teachers (pdmd_lab.discrete)
+
+    if (spec := masked_spec(name, assets)) is not None:
+        from pdmd_lab.discrete.method import load_masked_sampler
+
+        return load_masked_sampler(spec, steps=steps, cfg=cfg, name=name)
     family = name.split("/")[0] if "/" in name else ""
     if name.startswith("oracle:") or (family in TEACHER_CFG and name.endswith("/teacher")
                                        and get_dataset(family).gmm is not None):
