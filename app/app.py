@@ -347,7 +347,7 @@ def generate(family: str, class_choice, seed, num_samples, cfg, progress=gr.Prog
     noise = _noise(seed, n, teacher.shape)
     panels = z.panels(family)
     images: list = [None] * 6
-    captions = [f"**{title}**  \n⏳ waiting" for _, title in panels]
+    captions = [f"**{title}**  \nwaiting…" for _, title in panels]
     results: dict[int, tuple] = {}  # panel -> (title, nfe, ms, x, note)
     what = "all classes" if class_choice in (None, "", "all") else f"class {class_choice}"
     summary = (f"{family}, {what}, seed {seed}, {n} sample(s), teacher CFG {cfg:g}; every panel starts from the "
@@ -388,7 +388,9 @@ def generate(family: str, class_choice, seed, num_samples, cfg, progress=gr.Prog
             while worker.is_alive():
                 el = time.perf_counter() - t0
                 of = f" of about {estimate:.0f} s" if estimate else ""
-                captions[i] = f"**{title}**  \n⏳ computing: {el:.1f} s{of} (NFE {model.nfe}; cached afterwards)"
+                bar = (f'<progress value="{min(el / estimate, 0.99):.2f}" max="1" style="width: 100%"></progress>'
+                       if estimate else "")
+                captions[i] = f"**{title}**  \ncomputing: {el:.1f} s{of} (NFE {model.nfe}; cached afterwards)\n\n{bar}"
                 progress(min(0.99, el / estimate) if estimate else None, desc=f"{title}: {el:.0f} s{of}")
                 yield update()
                 worker.join(0.5)

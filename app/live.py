@@ -220,10 +220,10 @@ def distill_live(method_label, cfg, iters, compare_shipped=False, progress=gr.Pr
 
 LAB_N = 512  # samples per snapshot (fixed noise, classes cycling)
 LAB_CURVES = (  # (key in a record, panel title)
-    ("coverage", "mode coverage: covered / expected modes (higher: fewer modes dropped)"),
-    ("kl", "KL of the mode histogram vs the teacher's (lower: closer)"),
-    ("div_vendi", "Vendi score within a class, RBF (effective number of samples)"),
-    ("div_pairwise_distance", "mean pairwise distance within a class"),
+    ("coverage", "mode coverage (higher: fewer modes dropped)"),
+    ("kl", "KL vs the teacher's mode histogram (lower: closer)"),
+    ("div_vendi", "Vendi score within a class (RBF)"),
+    ("div_pairwise_distance", "pairwise distance within a class"),
 )
 
 

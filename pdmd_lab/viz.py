@@ -322,7 +322,7 @@ def scatter_figure(samples: dict, gmm=None, *, title: str | None = None, max_col
         ax.tick_params(labelsize=7)
     if len(classes) > 1:
         fig.legend(handles=_class_handles(sorted(classes)), loc="outside lower center",
-                   ncol=min(len(classes), 10), fontsize=8, frameon=False)
+                   ncol=min(len(classes), 10, 2 * cols), fontsize=8, frameon=False)  # 2 per panel fit
     if title:
         fig.suptitle(title)
     return fig

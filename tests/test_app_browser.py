@@ -98,7 +98,9 @@ def _save(page, name: str, tmp_path: Path, full_page: bool = True) -> Path:
 
         SHOTS.mkdir(parents=True, exist_ok=True)
         img = Image.open(shot).convert("RGB")
-        img.quantize(colors=128).save(SHOTS / f"{name}.png", optimize=True)
+        if img.height > 1600:  # long pages at a readable but smaller scale
+            img = img.resize((round(img.width * 1600 / img.height), 1600), Image.Resampling.LANCZOS)
+        img.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(SHOTS / f"{name}.png", optimize=True)
     return shot
 
 
@@ -113,7 +115,8 @@ def test_compare_streams_students_before_the_teacher(url, browser, tmp_path):
         page.get_by_role("button", name="Generate").click()
         page.locator("#panel-2 img").first.wait_for(state="visible", timeout=120_000)
         if SAVE:  # the students are in, the teacher's panel shows its progress
-            page.wait_for_timeout(1500)
+            page.locator("#caption-0").filter(has_text="computing").wait_for(timeout=120_000)
+            page.wait_for_timeout(1000)
             _save(page, "compare_streaming", tmp_path, full_page=False)
         for i in range(6):
             page.locator(f"#panel-{i} img").first.wait_for(state="visible", timeout=300_000)
@@ -142,13 +145,20 @@ def test_collapse_lab_trains_two_methods_side_by_side(url, browser, tmp_path):
     page = _open(browser, url, height=1700)
     try:
         page.get_by_role("tab", name="Collapse lab").click()
-        page.locator("#lab-iters input").fill("4")
+        if SAVE:  # the screenshot shows a real run: the app's default start and budget
+            from app import live
+
+            live.DISTILL_INIT_ITERS = 500
+        else:
+            page.locator("#lab-iters input").fill("4")
         page.locator("#lab-btn").click()
         status = page.locator("#lab-status")
         status.filter(has_text="update").wait_for(timeout=300_000)  # streaming: progress before the end
         status.filter(has_text="done in").wait_for(timeout=600_000)
         text = status.inner_text()
         assert text.count("✓") == 2 and "dmd-1s" in text and "phased-dmd-4s4p" in text
+        if SAVE:
+            page.wait_for_timeout(1500)
         for el in ("#lab-scatter-a", "#lab-scatter-b", "#lab-curves"):
             page.locator(f"{el} img").first.wait_for(state="visible", timeout=60_000)
         _save(page, "collapse_lab", tmp_path)
@@ -170,7 +180,7 @@ def test_tab_tour_screenshots(url, browser, tmp_path):
         page.get_by_role("button", name="Embed").click()
         page.get_by_role("button", name="Compare within the class").click()
         page.get_by_text("coverage of teacher").wait_for(timeout=300_000)
-        page.get_by_text("Vendi |").first.wait_for(timeout=300_000)
+        page.get_by_text("cos sim (lower = diverse)").wait_for(timeout=300_000)
         page.wait_for_timeout(1500)
         _save(page, "diversity", tmp_path)
         page.get_by_role("tab", name="Distill live").click()
