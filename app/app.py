@@ -58,6 +58,7 @@ PANELS = (
 # its six (key, title) panels. A family not listed here uses PANELS when it has any of their
 # students, else its teacher panels followed by its own shipped students in name order.
 FAMILY_PANELS: dict[str, tuple] = {}
+SAMPLER_API = ("sample", "with_steps", "num_classes", "shape", "nfe", "cfg")  # what Compare needs of a teacher
 STUDENTS = ("phased-dmd-4s4p", "phased-dmd-4s2p", "dmd2-sgts-4s", "dp-dmd-4s", "dmd-1s")
 DISTILL_METHODS = live.PRESETS  # label -> flat spec (method, steps, method options)
 LAB_DEFAULTS = ("dmd-1s", "phased-dmd-4s4p")
@@ -90,6 +91,10 @@ class Zoo:
                 loaded = {"teacher": zoo.load(f"{family}/teacher", steps=TEACHER_STEPS)}
             except Exception as e:  # a broken teacher folder: skip the family, keep the app up
                 self.notes.append(f"family **{family}** skipped: teacher failed to load ({e})")
+                continue
+            missing = [a for a in SAMPLER_API if not hasattr(loaded["teacher"], a)]
+            if missing:  # e.g. a family whose teacher is not a TeacherSampler yet
+                self.notes.append(f"family **{family}** skipped: its teacher lacks {', '.join(missing)}")
                 continue
             shipped = sorted(n.split("/")[1] for n in available
                              if n.startswith(f"{family}/") and n.count("/") == 1
