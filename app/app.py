@@ -365,11 +365,11 @@ def generate(family: str, class_choice, seed, num_samples, cfg, progress=gr.Prog
 
     yield (*[gr.update(value=None, label=title) for _, title in panels], *captions, summary)
     # Cached teacher panels first (instant), then the students, then the teachers still to compute.
-    cached = [i for i, (k, _) in enumerate(panels) if k.startswith("teacher")
-              and _teacher_key(family, k, class_choice, seed, n, cfg) in TEACHER_CACHE]
-    order = cached + [i for i, (k, _) in enumerate(panels) if not k.startswith("teacher")]
-    order += [i for i, (k, _) in enumerate(panels) if k.startswith("teacher@") and i not in cached]
-    order += [i for i, (k, _) in enumerate(panels) if k == "teacher" and i not in cached]
+    ready = [i for i, (k, _) in enumerate(panels) if k.startswith("teacher")
+             and _teacher_key(family, k, class_choice, seed, n, cfg) in TEACHER_CACHE]
+    order = ready + [i for i, (k, _) in enumerate(panels) if not k.startswith("teacher")]
+    order += [i for i, (k, _) in enumerate(panels) if k.startswith("teacher@") and i not in ready]
+    order += [i for i, (k, _) in enumerate(panels) if k == "teacher" and i not in ready]
     for i in order:
         key, title = panels[i]
         model = z.sampler(family, key, cfg) if key else None
