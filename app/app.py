@@ -60,7 +60,7 @@ PANELS = (
 FAMILY_PANELS: dict[str, tuple] = {}
 SAMPLER_API = ("sample", "with_steps", "num_classes", "shape", "nfe", "cfg")  # what Compare needs of a teacher
 STUDENTS = ("phased-dmd-4s4p", "phased-dmd-4s2p", "dmd2-sgts-4s", "dp-dmd-4s", "dmd-1s")
-DISTILL_METHODS = live.PRESETS  # label -> flat spec (method, steps, method options)
+DISTILL_METHODS = live.PRESETS  # label -> flat spec (method, steps, method options), as at import
 LAB_DEFAULTS = ("dmd-1s", "phased-dmd-4s4p")
 
 
@@ -652,7 +652,7 @@ def build_app() -> gr.Blocks:
     shipped = {k for f in families for k in z.students(f)}
     students = [k for k in STUDENTS if k in shipped] + sorted(shipped - set(STUDENTS))
     notes = "  \n".join(f"- {n}" for n in z.notes)
-    lab_choices = list(DISTILL_METHODS)
+    lab_choices = list(live.method_presets())  # the registry as it is now
     lab_a, lab_b = [m if m in lab_choices else lab_choices[min(i, len(lab_choices) - 1)]
                     for i, m in enumerate(LAB_DEFAULTS)]
 

@@ -108,7 +108,7 @@ def describe_spec(spec: dict) -> str:
     return f"{spec['method']}, {spec['steps']} step(s)" + (f", {extra}" if extra else "")
 
 
-PRESETS = method_presets()
+PRESETS = method_presets()  # at import; the tabs read method_presets() again (a method registered later appears)
 
 
 def _int(value, name: str, lo: int, hi: int) -> int:
@@ -132,9 +132,10 @@ def _float(value, name: str, lo: float, hi: float) -> float:
 
 
 def _preset(label) -> dict:
-    if label not in PRESETS:
-        raise gr.Error(f"Unknown method {label!r}; choose one of: {', '.join(PRESETS)}.")
-    return PRESETS[label]
+    presets = method_presets()
+    if label not in presets:
+        raise gr.Error(f"Unknown method {label!r}; choose one of: {', '.join(presets)}.")
+    return presets[label]
 
 
 def _round_iters(iters: int, spec: dict) -> int:

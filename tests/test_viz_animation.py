@@ -1,6 +1,7 @@
 """Figures added for the interactive faces: distinct colours and markers, the within-class embedding
 view and the trajectory animation (rendered to GIF with Pillow)."""
 
+import gc
 import io
 
 import numpy as np
@@ -87,6 +88,8 @@ def test_trajectory_animation_2d_interpolates_and_colours_by_expert(trajectory_2
     assert np.allclose(dots.get_offsets(), traj[-1].numpy(), atol=1e-6)
     assert len({tuple(c) for c in dots.get_facecolor()}) == 4
     assert "expert 2" in ax.get_title()
+    del anim  # never rendered on purpose: collect it here, where its warning is expected
+    gc.collect()
 
 
 def test_trajectory_animation_images_and_gif(tmp_path):
