@@ -145,9 +145,10 @@ def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     """Inverse of :func:`flatten_optimizer`."""
     state: dict[int, dict] = {}
     for key, v in tensors.items():
-        p, pid, k = key.split(".", 2)
-        if p == prefix:
-            state.setdefault(int(pid), {})[k] = v
+        if not key.startswith(prefix + "."):  # other tensors of the same file (weights named "net.pos_emb"...)
+            continue
+        _, pid, k = key.split(".", 2)
+        state.setdefault(int(pid), {})[k] = v
     for key, v in meta["scalars"].items():
         pid, k = key.split(".", 1)
         state.setdefault(int(pid), {})[k] = v
