@@ -106,7 +106,7 @@ def sample_with_entropy(model, labels: torch.Tensor, seed: int, batch_size: int 
 
 
 def evaluate_discrete(names: list[str], n: int = 2000, *, seed: int = 0, teacher: str | None = None,
-                      out: Path | None = None, progress: bool = True) -> dict:
+                      out: Path | None = None, progress: bool = True, device="cpu") -> dict:
     """Score masked-diffusion models of one token dataset side by side (see the module docstring).
 
     The teacher (``teacher``, else the one the first student was distilled from) is added at each
@@ -135,9 +135,10 @@ def evaluate_discrete(names: list[str], n: int = 2000, *, seed: int = 0, teacher
     if len(ds.shape) > 1:
         from pdmd_lab.embed import load_classifier
 
-        classifier = load_classifier(CLASSIFIER)
+        classifier = load_classifier(CLASSIFIER, device)
         reference = ds._sampler.train()[0]
     for name, model in tqdm(models.items(), desc="evaluate", disable=not progress):
+        model.to(device)
         t0 = time.perf_counter()
         x, entropy = sample_with_entropy(model, labels, seed)
         row = {"describe": model.describe(), "nfe": int(model.nfe), "steps": int(model.num_steps),

@@ -44,7 +44,7 @@ class TokenUNetConfig:
     channels: int = 1
     vocab_size: int = 2
     num_classes: int = 10
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    block_out_channels: tuple[int, ...] = (16, 32, 64)  # the continuous MNIST teacher's UNet
     layers_per_block: int = 1
     attention: bool = True  # self-attention at the lowest resolution
     norm_num_groups: int = 8
