@@ -61,6 +61,19 @@ RECIPES: dict[str, dict] = {
 }
 
 
+def _discrete_recipes() -> dict[str, dict]:
+    """D-MMD's recipes (masked diffusion), kept beside its code in :mod:`pdmd_lab.discrete.recipes`."""
+    try:
+        from pdmd_lab.discrete.recipes import RECIPES as DISCRETE
+    except ImportError:
+        return {}
+    return DISCRETE
+
+
+RECIPES.update(_discrete_recipes())
+DISCRETE_FAMILIES = ("ring-mix-tokens", "mnist-binary")  # built by their own commands, not by the zoo yet
+
+
 def get_recipe(name: str) -> dict:
     """A copy of the recipe ``name``; ValueError listing the known ones otherwise."""
     if name not in RECIPES:
