@@ -139,8 +139,12 @@ def _preset(label) -> dict:
 
 
 def _round_iters(iters: int, spec: dict) -> int:
+    """Iterations are split equally over the phases: a remainder is dropped, and the user is told so."""
     k = _num_phases(spec)
-    return max(k, iters - iters % k)
+    rounded = max(k, iters - iters % k)
+    if rounded != iters:
+        gr.Warning(f"{iters} iterations do not split over {k} phases: training {rounded} instead.")
+    return rounded
 
 
 class _Stopped(Exception):
