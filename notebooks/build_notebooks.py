@@ -582,6 +582,22 @@ def cfg_and_method(cfg=3.0, method="Phased DMD 4s/4p"):
 cfg_and_method()  # the default values, as a static figure
 interact(cfg_and_method, cfg=widgets.FloatSlider(value=3.0, min=1.0, max=8.0, step=0.5, description="CFG"),
          method=widgets.Dropdown(options=list(control_models), value="Phased DMD 4s/4p", description="method"));"""),
+    ("md", """## Where collapse comes from: exit step by exit step
+
+DMD2-SGTS trains **one** fake score on the mix of all its exit steps (each rollout stops at a random step j and
+judges that step's `x0` prediction), so nothing asks a single exit to match the teacher: the exits can specialise
+while their mix matches. `pdmd_lab.collapse` runs a student once and keeps every step's `x0` prediction; the
+table gives each class's share on its own mode and on modes it shares with a neighbour (the same view as
+`pdmd-lab figures --per-exit`). Phased DMD's experts hand on states at their phase ends, so only its last
+experts' `x0` estimates compare."""),
+    ("code", """from pdmd_lab import collapse
+
+for name in ["ring-mix/dmd2-sgts-4s", "ring-mix/phased-dmd-4s4p"]:
+    fig, rows = collapse.per_exit_figure(zoo.load(name), "ring-mix", n=1000, title=name)
+    for r in rows:
+        print(f"{name} exit {r['exit']} (expert {r['expert']}): own {r['own_share']:.2f}, "
+              f"shared {r['shared_share']:.2f}, KL {r['mode_kl']:.3f}")
+    display(fig)"""),
 ]
 
 # ---------------------------------------------------------------------------------------------
