@@ -166,28 +166,31 @@ def test_collapse_lab_trains_two_methods_side_by_side(url, browser, tmp_path):
         page.close()
 
 
-@pytest.mark.skipif(not SAVE, reason="the tab tour only takes screenshots (PDMD_SAVE_SCREENSHOT=1)")
 def test_tab_tour_screenshots(url, browser, tmp_path):
+    """Phases, Diversity and Distill live each render their outputs (screenshots kept with PDMD_SAVE_SCREENSHOT=1)."""
     page = _open(browser, url, height=1700)
     try:
         page.get_by_role("tab", name="Phases").click()
         page.get_by_role("button", name="Show phases").click()
         page.locator("#trajectory-btn").click()
         page.locator("#trajectory-anim img").first.wait_for(state="visible", timeout=300_000)
-        page.wait_for_timeout(1500)
+        if SAVE:
+            page.wait_for_timeout(1500)  # let the screenshot settle
         _save(page, "phases", tmp_path)
         page.get_by_role("tab", name="Diversity").click()
         page.get_by_role("button", name="Embed").click()
         page.get_by_role("button", name="Compare within the class").click()
         page.get_by_text("coverage of teacher").wait_for(timeout=300_000)
         page.get_by_text("cos sim (lower = diverse)").wait_for(timeout=300_000)
-        page.wait_for_timeout(1500)
+        if SAVE:
+            page.wait_for_timeout(1500)  # let the screenshot settle
         _save(page, "diversity", tmp_path)
         page.get_by_role("tab", name="Distill live").click()
         page.get_by_label("iterations (4..2000)").fill("40")
         page.get_by_role("button", name="Distill").click()
         page.get_by_text("done:").wait_for(timeout=300_000)
-        page.wait_for_timeout(1500)
+        if SAVE:
+            page.wait_for_timeout(1500)  # let the screenshot settle
         _save(page, "distill_live", tmp_path)
     finally:
         page.close()
