@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_distill import tiny, weights  # the tiny ring-mix run both files use
 
 from pdmd_lab.cli import main
 from pdmd_lab.distill import (
@@ -28,18 +29,6 @@ from pdmd_lab.distill import (
 from pdmd_lab.distill.methods import PhasedOptions
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"type": "mlp", "data_dim": 2, "num_classes": 4, "hidden": 32, "depth": 1, "emb_dim": 16}
-
-
-def tiny(**kw):
-    base = dict(teacher="oracle:ring-mix", iters=4, batch_size=32, init_iters=20, net=dict(TINY), lr_generator=1e-3,
-                lr_fake=1e-3, fake_updates_per_generator_update=2, checkpoint_every=2, log_every=1)
-    base.update(kw)
-    return DistillConfig.from_flat(**base)
-
-
-def weights(student):
-    return {f"{k}.{n}": v.clone() for k, e in enumerate(student.experts) for n, v in e.state_dict().items()}
 
 
 # A method from outside the package --------------------------------------------------------------
