@@ -25,7 +25,7 @@ pytest.importorskip("ipywidgets")
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CELL_TIMEOUT_S = 900
+CELL_TIMEOUT_S = 300  # per cell; the fast-mode notebooks took 11-34 s in all with a CPU hog beside them
 SINGLE_THREAD = {"PDMD_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -82,10 +82,19 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
     existing = os.environ.get("PYTHONPATH")
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + (os.pathsep + existing if existing else ""))
-    nb = nbformat.read(copy, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT_S, startup_timeout=180,
-                                     allow_errors=False, resources={"metadata": {"path": str(ROOT / "notebooks")}})
-    client.execute()  # raises CellExecutionError on the first failing cell
+    for attempt in (1, 2):
+        nb = nbformat.read(copy, as_version=4)
+        client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT_S, startup_timeout=180,
+                                         allow_errors=False, resources={"metadata": {"path": str(ROOT / "notebooks")}})
+        try:
+            client.execute()  # raises CellExecutionError on the first failing cell
+            break
+        except (nbclient.exceptions.CellTimeoutError, nbclient.exceptions.DeadKernelError) as e:
+            # A kernel that stops answering (seen once in ~20 runs: the client and an idle kernel both waiting)
+            # gets one fresh start; a cell that fails with an error is never retried.
+            if attempt == 2:
+                raise
+            print(f"{path.name}: {type(e).__name__} on attempt 1, starting a fresh kernel")
     nbformat.write(nb, copy)
     for cell in nb.cells:
         if cell.cell_type == "code":
