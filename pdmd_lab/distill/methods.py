@@ -32,6 +32,7 @@ and the notebooks.
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 from contextlib import contextmanager
@@ -160,8 +161,8 @@ class MethodOptions:
     """Options of a method with none of its own."""
 
 
-class Method:
-    """A distillation method (see the module docstring for the contract)."""
+class Method(abc.ABC):
+    """A distillation method (see the module docstring for the contract): subclasses must give the two losses."""
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = MethodOptions
@@ -213,11 +214,13 @@ class Method:
             return init_net.build_critic(phase)
         return copy.deepcopy(init_net)
 
+    @abc.abstractmethod
     def critic_loss(self, run, draw: Draw) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
+        """Scalar loss of one critic update and a dict of logs."""
 
+    @abc.abstractmethod
     def generator_loss(self, run, draw: Draw) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
+        """Scalar loss of one generator update and a dict of logs."""
 
     def student_meta(self) -> dict:
         return {"method": self.name, "options": dataclasses.asdict(self.options)}
@@ -251,8 +254,9 @@ class DMDFamily(Method):
 
     Options = DMDOptions
 
+    @abc.abstractmethod
     def rollout(self, run, z, labels, draw: Draw, *, grad: bool) -> rollouts.Rollout:
-        raise NotImplementedError
+        """How noise becomes the output the DMD loss judges."""
 
     def t_range(self, s: float, phase: int) -> tuple[float, float]:
         """Range of the ``t`` drawn for an output at level ``s``."""
