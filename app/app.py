@@ -218,24 +218,7 @@ TEACHER_CACHE = TeacherCache()
 
 # Validation and helpers --------------------------------------------------------------------------
 
-def _int(value, name: str, lo: int, hi: int) -> int:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a whole number in [{lo}, {hi}], got {value!r}.") from None
-    if not math.isfinite(v) or v != int(v) or not lo <= v <= hi:
-        raise gr.Error(f"{name} must be a whole number in [{lo}, {hi}], got {value!r}.")
-    return int(v)
-
-
-def _float(value, name: str, lo: float, hi: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}.") from None
-    if not math.isfinite(v) or not lo <= v <= hi:
-        raise gr.Error(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}.")
-    return v
+_int, _float = live._int, live._float  # one validation of numbers for both tabs
 
 
 def _labels(class_choice, n: int, num_classes: int) -> torch.Tensor:
