@@ -110,7 +110,7 @@ def _valid(path: Path, entry: Entry) -> bool:
         cfg = io.read_config(path)
     except ValueError:
         return False
-    if cfg.get("kind") != entry.kind:
+    if cfg.get("kind") != entry.kind and not (entry.kind == "teacher" and cfg.get("kind") == "masked-teacher"):
         return False
     return entry.kind != "student" or bool(cfg.get("complete"))
 
@@ -145,7 +145,11 @@ def build_zoo(assets: Path = ASSETS, runs: Path = RUNS, *, only: str | None = No
         run = runs / e.name
         t0 = time.time()
         cmd = f"pdmd-lab build-zoo --only {e.name}"
-        if e.kind == "teacher":
+        if e.kind == "teacher" and get_dataset(e.args["data"]).kind == "tokens":  # masked diffusion
+            from pdmd_lab.discrete.teacher import MaskedTeacherConfig, train_masked_teacher
+
+            train_masked_teacher(MaskedTeacherConfig(**e.args), run, command=cmd, progress=progress)
+        elif e.kind == "teacher":
             train_teacher(TeacherConfig(**e.args), run, command=cmd, progress=progress)
         elif e.kind == "classifier":
             if not _valid(run, e):

@@ -31,12 +31,15 @@ CLASSIFIER = Path(__file__).resolve().parents[2] / "assets" / "models" / "mnist"
 
 def masked_spec(name: str, assets: Path | None = None) -> str | None:
     """The masked-teacher spec a model name stands for, or None: ``oracle:<token dataset>``,
-    ``<token dataset>/teacher`` of a dataset with an oracle, or a folder (or zoo name) of kind masked-teacher."""
+    ``<token dataset>/teacher`` of a dataset with an oracle, or a folder (or zoo name, with or without
+    ``zoo:``) of kind masked-teacher."""
     from pdmd_lab.discrete.teacher import KIND, ORACLES
 
     name = str(name)
     if name.startswith("oracle:"):
         return name if name.split(":", 1)[1] in ORACLES else None
+    if name.startswith("zoo:"):  # the shipped teacher a student names as its teacher
+        name = name.split(":", 1)[1]
     family, _, rest = name.partition("/")
     if rest == "teacher" and family in ORACLES:
         return f"oracle:{family}"

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import copy
 
-MNIST_TEACHER = "runs/d-mmd/mnist-binary/teacher"  # where the teacher recipe writes (students read it there)
+MNIST_TEACHER = "zoo:mnist-binary/teacher"  # the shipped teacher (the zoo builds it first)
 
-TOY = {"teacher": "oracle:ring-mix-tokens", "cfg": 1.0, "iters": 4000, "batch_size": 1024, "lr_generator": 1e-4,
+TOY = {"teacher": "oracle:ring-mix-tokens", "cfg": 1.0, "iters": 1200, "batch_size": 1024, "lr_generator": 1e-4,
        "lr_fake": 1e-4, "fake_updates_per_generator_update": 1, "init_iters": 2000, "checkpoint_every": 500,
        "noise_dim": 8, "noise_gain": 100.0}
-MNIST = {"teacher": MNIST_TEACHER, "cfg": 1.0, "iters": 3000, "batch_size": 64, "lr_generator": 3e-5,
+MNIST = {"teacher": MNIST_TEACHER, "cfg": 1.0, "iters": 800, "batch_size": 64, "lr_generator": 3e-5,
          "lr_fake": 3e-5, "fake_updates_per_generator_update": 1, "checkpoint_every": 250, "noise_dim": 4,
          "noise_gain": 30.0}
 
