@@ -211,6 +211,9 @@ def cmd_figures(a) -> None:
         _per_exit_figures(a, out)
         return
     ds = get_dataset(a.family)
+    if ds.kind == "tokens":  # masked diffusion: the k-step teacher, D-MMD and its no-noise ablation per k
+        _discrete_figures(a, out)
+        return
     names = comparison_names(a.family)
     if ds.kind == "image":
         labels = torch.full((a.n,), a.label)
@@ -228,6 +231,49 @@ def cmd_figures(a) -> None:
         samples = {name: (load_row(name).sample(labels, seed=a.seed), labels) for name in names}
         fig = viz.scatter_figure(samples, ds.gmm, title=f"{a.family}: same noise for every method")
         path = out / f"{a.family}_methods_scatter.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"wrote {path}")
+
+
+def _discrete_figures(a, out: Path) -> None:
+    """``figures --family <token dataset>``: per step count ``k``, the teacher at ``k`` steps, the shipped D-MMD
+    student and its no-noise ablation (toy: joint histograms with TV; MNIST: grids of class ``--label``)."""
+    import torch
+
+    from pdmd_lab import zoo
+    from pdmd_lab.data import get_dataset
+    from pdmd_lab.discrete import viz as dviz
+    from pdmd_lab.discrete.evaluate import FULL_STEPS
+
+    ds = get_dataset(a.family)
+    students = [n for n in zoo.list_models() if n.startswith(a.family + "/") and n.split("/")[1] != "teacher"]
+    if not students:
+        raise ValueError(f"no shipped students of {a.family!r} (run `pdmd-lab build-zoo --only {a.family}`)")
+    by_k: dict[int, list[str]] = {}
+    for n in students:
+        by_k.setdefault(zoo.load(n).num_steps, []).append(n)
+    teacher = f"{a.family}/teacher"
+    if len(ds.shape) == 1:  # the two-token toy
+        labels = torch.arange(a.n_points) % ds.num_classes
+        rows = {}
+        for k in sorted(by_k):
+            models = {f"teacher, {k} steps": zoo.load(f"{teacher}@{k}")}
+            models.update({n.split("/")[1]: zoo.load(n) for n in sorted(by_k[k], key=lambda n: "no-noise" in n)})
+            rows[k] = {name: (m.sample(labels, seed=a.seed), labels) for name, m in models.items()}
+        fig = dviz.steps_comparison_figure(rows, dataset=a.family)
+        path = out / f"{a.family}_steps.png"
+    else:
+        labels = torch.full((a.n,), a.label)
+        names = [f"{teacher}@{FULL_STEPS}"]
+        for k in sorted(by_k, reverse=True):
+            names += [f"{teacher}@{k}", *sorted(by_k[k])]
+        rows, captions = {}, {}
+        for name in names:
+            m = zoo.load(name)
+            rows[name] = m.sample(labels, seed=a.seed)
+            captions[name] = f"NFE {m.nfe}"
+        fig = dviz.grid_figure(rows, captions=captions, title=f"{a.family}, class {a.label}")
+        path = out / f"{a.family}_class{a.label}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     print(f"wrote {path}")
 
@@ -399,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="assets/figures")
     s.add_argument("--per-exit", action="store_true", help="per exit step / expert: where collapse comes from")
     s.add_argument("--models", default=None, help="--per-exit: comma-separated students (default: the family's)")
-    s.add_argument("--n-points", type=int, default=2000, help="--per-exit: samples per panel")
+    s.add_argument("--n-points", type=int, default=2000, help="--per-exit and the two-token toy: samples per panel")
     s.set_defaults(func=cmd_figures)
 
     s = sub.add_parser("bench", help="sampling speed and training memory, measured in one process")

@@ -452,6 +452,24 @@ def test_cli_discrete_errors_and_teacher(tmp_path, capsys):
     assert (tmp_path / "o.png").stat().st_size > 0
 
 
+def test_figures_of_the_shipped_toy_students(tmp_path, capsys):
+    """``pdmd-lab figures --family ring-mix-tokens``: one row per shipped k, with each model's TV in its title."""
+    from matplotlib.figure import Figure
+
+    from pdmd_lab.cli import main
+    from pdmd_lab.discrete import viz as dviz
+
+    assert main(["--threads", "1", "figures", "--family", "ring-mix-tokens", "--n-points", "800",
+                 "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "ring-mix-tokens_steps.png").stat().st_size > 10_000
+    x, labels = ring_mix_tokens(V).sample(4000, torch.Generator().manual_seed(0), labels=torch.arange(4000) % 4)
+    fig = dviz.steps_comparison_figure({2: {"exact": (x, labels)}}, dataset="ring-mix-tokens")
+    assert isinstance(fig, Figure)
+    title = fig.axes[1].get_title()
+    tv = joint_distances(x, labels, ring_mix_tokens(V))["tv"]
+    assert title == f"exact\nTV {tv:.3f}" and tv < 0.15  # exact draws: the sampling floor of 1,000 per class
+
+
 # End to end: the engine's d-mmd on the exact oracle ------------------------------------------------
 
 

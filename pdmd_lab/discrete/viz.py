@@ -32,10 +32,11 @@ def _hist_panel(ax, h: np.ndarray, title: str, vmax: float) -> None:
 
 
 def joint_figure(samples: dict, dataset: str = "ring-mix-tokens", *, label: int | None = None,
-                 title: str | None = None, max_cols: int = 4) -> Figure:
+                 title: str | None = None, max_cols: int = 4, true_joint: bool = True) -> Figure:
     """One panel per entry of ``samples`` (``name -> (tokens (N, 2), labels)``) with the histogram of the
-    joint (class ``label`` only, or all), after a first panel with the true joint when it is known."""
-    joint = _joint_of(dataset)
+    joint (class ``label`` only, or all), after a first panel with the true joint when it is known and
+    ``true_joint`` (the app draws one model per figure and leaves it out)."""
+    joint = _joint_of(dataset) if true_joint else None
     v = get_dataset(dataset).vocab_size
     panels = []
     if joint is not None:
@@ -81,3 +82,42 @@ def samples_figure(tokens, labels=None, *, dataset: str = "", title: str | None 
 def grid_figure(rows: dict, *, captions: dict | None = None, title: str | None = None) -> Figure:
     """Binarised images, models as rows: ``rows[name] = tokens (N, 1, H, W)`` (same labels and seeds per column)."""
     return viz.image_grid_figure({k: to_images(v) for k, v in rows.items()}, captions=captions, title=title)
+
+
+def steps_comparison_figure(rows: dict, *, dataset: str = "ring-mix-tokens", label: int | None = None,
+                            title: str | None = None) -> Figure:
+    """The two-token toy, one row per step count ``k``: the true joint, then each model's joint histogram.
+
+    ``rows[k] = {column title: (tokens (N, 2), labels)}`` (e.g. the teacher at ``k`` steps, D-MMD and D-MMD
+    without the noise input); titles carry what the caller puts in them (TV, NFE). A missing model leaves
+    its cell blank."""
+    from pdmd_lab.discrete.metrics import joint_distances
+
+    joint = _joint_of(dataset)
+    v = get_dataset(dataset).vocab_size
+    cols = 1 + max(len(r) for r in rows.values())
+    true = (joint.table(label) if label is not None else joint.tables[:-1].mean(0)).numpy()
+    hists = {}
+    for k, models in rows.items():
+        for name, (tokens, labels) in models.items():
+            tokens, labels = torch.as_tensor(tokens), torch.as_tensor(labels)
+            tv = joint_distances(tokens, labels, joint)["tv"]
+            pick = tokens if label is None else tokens[labels == label]
+            hists[k, name] = (joint_histogram(pick, v).numpy(), tv)
+    vmax = max([float(np.quantile(true, 0.995))] + [float(np.quantile(h, 0.995)) for h, _ in hists.values()]) or 1.0
+    fig = Figure(figsize=(2.3 * cols, 2.4 * len(rows)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(rows), cols))
+    for i, (k, models) in enumerate(rows.items()):
+        _hist_panel(axes[i, 0], true, "true joint", vmax)
+        axes[i, 0].set_ylabel(f"k = {k}", fontsize=10)
+        for j in range(1, cols):
+            names = list(models)
+            if j - 1 >= len(names):
+                axes[i, j].set_axis_off()
+                continue
+            h, tv = hists[k, names[j - 1]]
+            _hist_panel(axes[i, j], h, f"{names[j - 1]}\nTV {tv:.3f}", vmax)
+    what = f"class {label}" if label is not None else "all classes"
+    fig.suptitle(title or f"{dataset}: joint of the two tokens ({what}); TV to the true joint over all classes",
+                 fontsize=10)
+    return fig
