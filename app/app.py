@@ -8,6 +8,13 @@ Compare answers at once: its panels stream in as each is ready (the distilled st
 50-step teacher last, with a progress indicator), and the teacher's outputs are cached per
 (family, class, seed, number of samples, CFG), so a repeated click only re-runs the students.
 
+Discrete families (masked diffusion, dataset kind ``"tokens"``: ``ring-mix-tokens``, ``mnist-binary``) are
+in Compare too, with a step count ``k`` picked among their shipped D-MMD students': the teacher at its
+full step count and at ``k`` and ``4k`` steps, the ``k``-step D-MMD student with and without its noise
+input, and data. The panels come from the D-MMD recipes and what is shipped, so a newly shipped student
+appears without code changes. For ``ring-mix-tokens`` each caption gives the exact TV of the samples'
+joint to the true joint. The other tabs are for the continuous families.
+
 API endpoints (``gradio_client``): ``/generate``, ``/phases``, ``/trajectory``, ``/diversity``,
 ``/class_view``, ``/distill``, ``/collapse_lab``.
 """
@@ -36,10 +43,14 @@ from app import live  # noqa: E402
 from app.live import MAX_DISTILL_ITERS, MAX_LAB_ITERS, collapse_lab, distill_live  # noqa: E402
 from pdmd_lab import flow, metrics, viz, zoo  # noqa: E402
 from pdmd_lab.data import get_dataset  # noqa: E402
+from pdmd_lab.discrete.oracle import TokenOracle  # noqa: E402
+from pdmd_lab.sampling import get_sampler  # noqa: E402
 
 FAMILIES = ("mnist", "ring-mix")  # preferred order; any other family with a teacher and a student follows
 SEED_MAX = 2**31 - 1
 MAX_SAMPLES = 64
+MAX_PAIR_SAMPLES = 8192  # token pairs (ring-mix-tokens): a joint histogram on 32 x 32 cells needs thousands
+DEFAULT_PAIR_SAMPLES = 2048
 MAX_CFG = 10.0
 MAX_DIVERSITY_N = 512
 MAX_CLASS_N = 128
@@ -58,6 +69,10 @@ PANELS = (
 # its six (key, title) panels. A family not listed here uses PANELS when it has any of their
 # students, else its teacher panels followed by its own shipped students in name order.
 FAMILY_PANELS: dict[str, tuple] = {}
+# Discrete families: the default D-MMD step count k (else the k with the most shipped students, the smallest
+# on a tie), and how a method's name reads in a panel title.
+DEFAULT_STEPS = {"ring-mix-tokens": 2}
+METHOD_TITLES = {"d-mmd": "D-MMD"}
 SAMPLER_API = ("sample", "with_steps", "num_classes", "shape", "nfe", "cfg")  # what Compare needs of a teacher
 STUDENTS = ("phased-dmd-4s4p", "phased-dmd-4s2p", "dmd2-sgts-4s", "dp-dmd-4s", "dmd-1s")
 DISTILL_METHODS = live.PRESETS  # label -> flat spec (method, steps, method options), as at import
@@ -66,13 +81,43 @@ LAB_DEFAULTS = ("dmd-1s", "phased-dmd-4s4p")
 
 # Models ----------------------------------------------------------------------------------------
 
+def has_teacher(family: str, available) -> bool:
+    """Whether ``family`` has a teacher: a shipped one, or an exact masked-diffusion oracle
+    (``ring-mix-tokens/teacher``, which ``zoo.list_models`` does not list)."""
+    from pdmd_lab.discrete.evaluate import masked_spec
+
+    return f"{family}/teacher" in available or masked_spec(f"{family}/teacher", zoo.ASSETS) is not None
+
+
 def shipped_families(available=None) -> list[str]:
     """Families with a teacher and at least one shipped student, ``FAMILIES`` first."""
     available = set(zoo.list_models() if available is None else available)
-    fams = {n.split("/")[0] for n in available if n.count("/") == 1 and n.endswith("/teacher")}
-    fams = {f for f in fams if any(n.startswith(f"{f}/") and n.split("/")[1] not in ("teacher", "classifier")
-                                   for n in available if n.count("/") == 1)}
+    fams = {n.split("/")[0] for n in available if n.count("/") == 1
+            and n.split("/")[1] not in ("teacher", "classifier")}
+    fams = {f for f in fams if has_teacher(f, available)}
     return [f for f in FAMILIES if f in fams] + sorted(fams - set(FAMILIES))
+
+
+def _recipe_students(family: str) -> dict[str, dict]:
+    """``name -> recipe`` of the D-MMD students the discrete recipes define for ``family`` (shipped or not)."""
+    from pdmd_lab.discrete.recipes import RECIPES
+
+    return {n.split("/", 1)[1]: r for n, r in RECIPES.items()
+            if n.startswith(f"{family}/") and r.get("kind") == "student"}
+
+
+def _teacher_steps(family: str) -> int:
+    """The teacher's full step count: 50 Euler steps, or the discrete comparison's (``FULL_STEPS``, 100)."""
+    if _discrete(family):
+        from pdmd_lab.discrete.evaluate import FULL_STEPS
+
+        return FULL_STEPS
+    return TEACHER_STEPS
+
+
+def _student_title(method: str, steps: int, noise_dim) -> str:
+    title = f"{METHOD_TITLES.get(method, method)}, {steps} step{'s' if steps != 1 else ''}"
+    return title + (", without the noise input" if noise_dim == 0 else "")
 
 
 class Zoo:
@@ -84,11 +129,11 @@ class Zoo:
         self.classifiers: dict = {}
         available = set(zoo.list_models())
         for family in (shipped_families(available) if families is None else families):
-            if f"{family}/teacher" not in available:
+            if not has_teacher(family, available):
                 self.notes.append(f"family **{family}** skipped: no teacher in assets/models")
                 continue
-            try:
-                loaded = {"teacher": zoo.load(f"{family}/teacher", steps=TEACHER_STEPS)}
+            try:  # masked-diffusion teachers: CFG 1 (zoo.load's default for them), full = evaluate's FULL_STEPS
+                loaded = {"teacher": zoo.load(f"{family}/teacher", steps=_teacher_steps(family))}
             except Exception as e:  # a broken teacher folder: skip the family, keep the app up
                 self.notes.append(f"family **{family}** skipped: teacher failed to load ({e})")
                 continue
@@ -99,7 +144,8 @@ class Zoo:
             shipped = sorted(n.split("/")[1] for n in available
                              if n.startswith(f"{family}/") and n.count("/") == 1
                              and n.split("/")[1] not in ("teacher", "classifier"))
-            for key in [k for k in STUDENTS if k not in shipped] if family in FAMILIES else []:
+            expected = STUDENTS if family in FAMILIES else _recipe_students(family) if _discrete(family) else ()
+            for key in [k for k in expected if k not in shipped]:
                 self.notes.append(f"`{family}/{key}` is not built yet: its panel stays empty")
             for key in shipped:
                 try:
@@ -134,19 +180,67 @@ class Zoo:
     def students(self, family: str) -> list[str]:
         return [k for k in self.family(family) if k != "teacher"]
 
+    def continuous_families(self) -> list[str]:
+        """The families of the tabs besides Compare (flow-matching teachers: points and images)."""
+        return [f for f in self.models if not _discrete(f)]
+
+    def full_steps(self, family: str) -> int:
+        """The teacher's full step count (50 for flow matching, 100 for masked diffusion)."""
+        return int(self.family(family)["teacher"].num_steps)
+
     def sampler(self, family: str, key: str, cfg: float | None = None):
         """The model of ``key`` in ``family`` (teachers at ``cfg``), or None when it is not built."""
         models = self.family(family)
         if key.startswith("teacher"):
-            steps = int(key.split("@")[1]) if "@" in key else TEACHER_STEPS
+            steps = int(key.split("@")[1]) if "@" in key else self.full_steps(family)
             return models["teacher"].with_steps(steps, cfg)
         return models.get(key)
 
-    def panels(self, family: str) -> tuple:
-        """The six Compare panels ``(key, title)`` of ``family`` (see ``FAMILY_PANELS``)."""
+    def step_choices(self, family: str) -> list[int]:
+        """Discrete families: the step counts ``k`` of the shipped students (Compare's step choice); else []."""
+        if not _discrete(family):
+            return []
+        return sorted({int(self.family(family)[k].num_steps) for k in self.students(family)})
+
+    def default_steps(self, family: str) -> int | None:
+        choices = self.step_choices(family)
+        if not choices:
+            return None
+        if DEFAULT_STEPS.get(family) in choices:
+            return DEFAULT_STEPS[family]
+        count = {k: sum(int(self.models[family][s].num_steps) == k for s in self.students(family)) for k in choices}
+        return max(choices, key=lambda k: (count[k], -k))
+
+    def _students_at(self, family: str, steps: int) -> list[tuple[str, str, bool]]:
+        """``(key, title, has noise input)`` of the ``steps``-step students: shipped ones and the recipes' others."""
+        models = self.family(family)
+        out = {}
+        for key, r in _recipe_students(family).items():
+            if int(r["steps"]) == steps:
+                out[key] = (key, _student_title(r["method"], steps, r.get("noise_dim")), r.get("noise_dim") != 0)
+        for key in self.students(family):
+            m = models[key]
+            if int(m.num_steps) == steps:
+                noise = m.meta.get("options", {}).get("noise_dim")
+                out[key] = (key, _student_title(m.meta.get("method", key), steps, noise), noise != 0)
+        return list(out.values())
+
+    def panels(self, family: str, steps: int | None = None) -> tuple:
+        """The six Compare panels ``(key, title)`` of ``family`` (see ``FAMILY_PANELS``); discrete
+        families at ``steps`` (default :meth:`default_steps`): the teacher at full, ``k`` and ``4k`` steps,
+        the ``k``-step D-MMD student with and without its noise input, and data."""
         if family in FAMILY_PANELS:
             return tuple(FAMILY_PANELS[family])[:6]
         models = self.family(family)
+        if _discrete(family):
+            k = self.default_steps(family) if steps is None else int(steps)
+            students = self._students_at(family, k)
+            noisy = [s[:2] for s in students if s[2]] or [("", _student_title("d-mmd", k, 1))]
+            plain = [s[:2] for s in students if not s[2]] or [("", _student_title("d-mmd", k, 0))]
+            full = self.full_steps(family)
+            return (("teacher", f"Teacher, {full} steps"),
+                    (f"teacher@{k}", f"Teacher cut to {k} step{'s' if k != 1 else ''} (no distillation)"),
+                    noisy[0], plain[0], (f"teacher@{4 * k}", f"Teacher, {4 * k} steps"), ("data", _data_title(family)))
         if any(k in models for k, _ in PANELS[2:]):
             return PANELS
         own = [(k, k) for k in self.students(family)][:4]
@@ -232,6 +326,21 @@ def _noise(seed: int, n: int, shape) -> torch.Tensor:
     return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
 
 
+def _initial(model, seed: int, n: int) -> torch.Tensor:
+    """The seeded initial state of ``model``'s sampler: Gaussian noise (flow matching, equal to
+    :func:`_noise`) or all tokens masked (masked diffusion)."""
+    spec = get_sampler(getattr(model, "sampler", "euler"))
+    return spec.initial(model.shape, n, torch.Generator().manual_seed(seed), "cpu")
+
+
+def _sample_limits(family: str) -> tuple[int, int]:
+    """``(most, default)`` number of samples in Compare: thousands for token pairs (a joint histogram), else 64."""
+    ds = get_dataset(family)
+    if ds.kind == "tokens" and len(ds.shape) == 1:
+        return MAX_PAIR_SAMPLES, DEFAULT_PAIR_SAMPLES
+    return MAX_SAMPLES, 16
+
+
 def figure_array(fig) -> np.ndarray:
     """A matplotlib Figure rendered to an RGB uint8 array."""
     canvas = FigureCanvasAgg(fig)
@@ -249,14 +358,26 @@ def _points_panel(family: str, title: str, x: torch.Tensor, labels) -> np.ndarra
     return figure_array(viz.scatter_figure({title: (x, labels)}, get_dataset(family).gmm))
 
 
+def _tokens_panel(family: str, title: str, x: torch.Tensor, labels) -> np.ndarray:
+    """Masked-diffusion samples: the joint histogram of token pairs, or binary images as a grid."""
+    from pdmd_lab.discrete import viz as dviz
+    from pdmd_lab.discrete.metrics import to_images
+
+    if x.ndim == 2:
+        fig = dviz.joint_figure({f"joint of the two tokens, {len(x)} samples": (x, labels)}, family,
+                                true_joint=False, title=title)
+        fig.set_size_inches(3.6, 3.7)
+        return figure_array(fig)
+    return _image_panel(family, title, to_images(x), labels)
+
+
 def _empty_panel(size: int = 96) -> np.ndarray:
     return np.full((size, size, 3), 235, dtype=np.uint8)
 
 
-# How a family's samples become a panel, by its dataset's ``kind``. A family of another kind (the
-# D-MMD discrete family) joins Compare by registering its renderer: ``RENDERERS[kind] = fn`` with
-# ``fn(family, title, samples, labels) -> (H, W, 3) uint8``.
-RENDERERS = {"2d": _points_panel, "image": _image_panel}
+# How a family's samples become a panel, by its dataset's ``kind``: ``RENDERERS[kind] = fn`` with
+# ``fn(family, title, samples, labels) -> (H, W, 3) uint8`` (the discrete D-MMD families: "tokens").
+RENDERERS = {"2d": _points_panel, "image": _image_panel, "tokens": _tokens_panel}
 
 
 def _kind(family: str) -> str | None:
@@ -264,6 +385,11 @@ def _kind(family: str) -> str | None:
         return get_dataset(family).kind
     except Exception:  # a family whose data the dataset registry does not know
         return None
+
+
+def _discrete(family: str) -> bool:
+    """Masked-diffusion families (D-MMD): Compare only, with a step choice."""
+    return _kind(family) == "tokens"
 
 
 def _panel(family: str, title: str, x, labels) -> np.ndarray:
@@ -278,6 +404,70 @@ def _diversity(x: torch.Tensor) -> float | None:
     if not isinstance(x, torch.Tensor) or len(x) < 2:
         return None
     return metrics.pairwise_distance(x.reshape(len(x), -1).float())
+
+
+def _diversity_line(family: str, x, labels) -> str:
+    div = _diversity(x)
+    return f"pairwise diversity {'n/a (1 sample)' if div is None else f'{div:.3f}'}"
+
+
+def _token_joint(family: str):
+    """The exact joint of a token family (:data:`pdmd_lab.discrete.teacher.ORACLES`), or None."""
+    from pdmd_lab.discrete.teacher import ORACLES
+
+    return ORACLES[family](get_dataset(family).vocab_size) if family in ORACLES else None
+
+
+def token_tv(family: str, x: torch.Tensor, labels) -> float:
+    """Exact TV of the samples' joint histogram to the true joint, per class, weighted by class counts."""
+    from pdmd_lab.discrete.metrics import joint_distances
+
+    return joint_distances(x, labels, _token_joint(family))["tv"]
+
+
+def _tokens_line(family: str, x, labels) -> str:
+    """Token pairs with an exact joint: the TV to it; binary images: the Hamming diversity."""
+    from pdmd_lab.discrete.metrics import hamming_diversity
+
+    if _token_joint(family) is not None:
+        return f"TV to the true joint **{token_tv(family, x, labels):.3f}** (lower is better)"
+    return f"Hamming diversity {'n/a (1 sample)' if len(x) < 2 else f'{hamming_diversity(x):.3f}'}"
+
+
+# The number under each Compare panel, by the dataset's ``kind``: ``fn(family, samples, labels) -> str``.
+MEASURES = {"2d": _diversity_line, "image": _diversity_line, "tokens": _tokens_line}
+
+
+def _measure(family: str, x, labels) -> str:
+    return MEASURES.get(_kind(family), _diversity_line)(family, x, labels)
+
+
+def tv_floor(family: str, labels) -> float | None:
+    """The TV that exact draws give at these labels' class counts (sampling noise alone), or None."""
+    from pdmd_lab.discrete.metrics import tv_noise_floor
+
+    joint = _token_joint(family)
+    if joint is None:
+        return None
+    labels = torch.as_tensor(labels)
+    counts = {int(c): int((labels == c).sum()) for c in torch.unique(labels)}
+    return sum(tv_noise_floor(joint.table(c), m) * m for c, m in counts.items()) / len(labels)
+
+
+def _data_title(family: str) -> str:
+    return ("Data: exact draws from the true joint" if _token_joint(family) is not None
+            else "Data: training samples")
+
+
+def data_samples(family: str, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Data of the labels' classes (exact draws for the toy), seeded: the reference panel of discrete families."""
+    ds = get_dataset(family)
+    g = torch.Generator().manual_seed(int(seed))
+    out = torch.empty((len(labels), *ds.shape), dtype=torch.long)
+    for c in torch.unique(labels).tolist():
+        rows = torch.nonzero(labels == c)[:, 0]
+        out[rows] = ds.sample(len(rows), seed=g, labels=int(c))[0].long()
+    return out
 
 
 # Compare -----------------------------------------------------------------------------------------
@@ -301,7 +491,7 @@ def teacher_output(family: str, key: str, class_choice, seed: int, n: int, cfg: 
     cache_key = _teacher_key(family, key, class_choice, seed, n, cfg)
 
     def compute():
-        noise = _noise(seed, n, model.shape)
+        noise = _initial(model, seed, n)
         t0 = time.perf_counter()
         x = model.sample(labels, seed=seed, noise=noise)
         return {"x": x, "ms": 1000 * (time.perf_counter() - t0), "nfe": model.nfe, "labels": labels}
@@ -309,37 +499,77 @@ def teacher_output(family: str, key: str, class_choice, seed: int, n: int, cfg: 
     return TEACHER_CACHE.get_or_compute(cache_key, compute)
 
 
-def _caption(title: str, nfe, ms: float, teacher_ms: float | None, x, note: str = "") -> str:
-    div = _diversity(x)
-    speed = f" · {teacher_ms / ms:.1f}× vs 50-step teacher" if teacher_ms else ""
-    return (f"**{title}**  \nNFE {nfe} · {ms:.0f} ms{speed}{note}  \n"
-            f"pairwise diversity {'n/a (1 sample)' if div is None else f'{div:.3f}'}")
+def _caption(title: str, nfe, ms: float, teacher_ms: float | None, measure: str, note: str = "",
+             full_steps: int = TEACHER_STEPS) -> str:
+    speed = f" · {teacher_ms / ms:.1f}× vs {full_steps}-step teacher" if teacher_ms else ""
+    cost = "no network" if nfe is None else f"NFE {nfe}"
+    return f"**{title}**  \n{cost} · {ms:.0f} ms{speed}{note}  \n{measure}"
 
 
-def generate(family: str, class_choice, seed, num_samples, cfg, progress=gr.Progress()):
+def _steps_choice(z: Zoo, family: str, steps) -> int | None:
+    """The validated D-MMD step count of a request: one of the family's shipped ``k``, None for others."""
+    choices = z.step_choices(family)
+    if not choices:
+        if steps not in (None, ""):
+            raise gr.Error(f"D-MMD steps apply to the discrete families only; {family!r} has none (got {steps!r}).")
+        return None
+    if steps in (None, ""):
+        return z.default_steps(family)
+    try:
+        k = int(str(steps).strip())
+    except ValueError:
+        k = None
+    if k not in choices:
+        raise gr.Error(f"D-MMD steps must be one of {', '.join(map(str, choices))} for {family} "
+                       f"(the shipped students' step counts), got {steps!r}.")
+    return k
+
+
+def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, progress=gr.Progress()):
     """Six panels from the same noise: teacher (50 steps), teacher (4 steps), DMD, DMD2-SGTS, Phased DMD, DP-DMD.
 
+    Discrete families (``steps`` = the D-MMD step count ``k``, default :meth:`Zoo.default_steps`): the
+    teacher at 100, ``k`` and ``4k`` steps, the ``k``-step D-MMD student with and without its noise input,
+    and data, all from the all-masked state with the same seed.
+
     A generator: the distilled students' panels come first, each as soon as it is sampled, then
-    the 4-step teacher, then the 50-step teacher, whose caption counts the seconds while it runs
+    the few-step teachers, then the full teacher, whose caption counts the seconds while it runs
     (its outputs are cached per (family, class, seed, n, CFG), so a repeated click shows it at once).
-    Every update holds 6 images, 6 captions (NFE, milliseconds, speedup over the 50-step teacher,
-    pairwise diversity) and a summary; the last one holds them all.
+    Every update holds 6 images, 6 captions (NFE, milliseconds, speedup over the full teacher,
+    pairwise diversity, or for ``ring-mix-tokens`` the exact TV to the true joint) and a summary;
+    the last one holds them all.
     """
     z = get_zoo()
     z.family(family)
     seed = _int(seed, "seed", 0, SEED_MAX)
-    n = _int(num_samples, "number of samples", 1, MAX_SAMPLES)
+    n = _int(num_samples, "number of samples", 1, _sample_limits(family)[0])
     cfg = _float(cfg, "teacher CFG", 0.0, MAX_CFG)
+    k = _steps_choice(z, family, steps)
     teacher = z.models[family]["teacher"]
+    full = z.full_steps(family)
     labels = _labels(class_choice, n, teacher.num_classes)
-    noise = _noise(seed, n, teacher.shape)
-    panels = z.panels(family)
+    noise = _initial(teacher, seed, n)
+    panels = z.panels(family, k)
     images: list = [None] * 6
     captions = [f"**{title}**  \nwaiting…" for _, title in panels]
-    results: dict[int, tuple] = {}  # panel -> (title, nfe, ms, x, note)
+    results: dict[int, tuple] = {}  # panel -> (title, nfe, ms, measure, note)
     what = "all classes" if class_choice in (None, "", "all") else f"class {class_choice}"
-    summary = (f"{family}, {what}, seed {seed}, {n} sample(s), teacher CFG {cfg:g}; every panel starts from the "
-               "same noise. Speedup = teacher (50 steps) time / model time.")
+    start = "the all-masked state and the same seed" if k is not None else "the same noise"
+    summary = (f"{family}, {what}, seed {seed}, {n} sample(s), teacher CFG {cfg:g}"
+               + (f", D-MMD steps k = {k}" if k is not None else "")
+               + f"; every panel starts from {start}. Speedup = teacher ({full} steps) time / model time.")
+    distilled = {float(m.meta["cfg"]) for key, m in z.models[family].items()
+                 if key != "teacher" and isinstance(getattr(m, "meta", None), dict) and "cfg" in m.meta}
+    if k is not None and distilled and cfg not in distilled:
+        summary += f"  \nThe students were distilled at CFG {', '.join(f'{c:g}' for c in sorted(distilled))}."
+    if isinstance(getattr(teacher, "model", None), TokenOracle):
+        summary += ("  \nThe teacher is the exact oracle (a lookup in the joint's table, not a network): its times "
+                    "are not a network's.")
+    floor = tv_floor(family, labels)
+    if floor is not None:
+        summary += (f"  \nTV: exact total variation between the samples' joint histogram and the true joint, per "
+                    f"class, weighted by class counts; sampling noise alone gives about {floor:.3f} at this n "
+                    f"(mean of 20 draws).")
 
     def update(changed=()):
         """Only the changed panels travel; the caller's last update sends everything."""
@@ -347,26 +577,38 @@ def generate(family: str, class_choice, seed, num_samples, cfg, progress=gr.Prog
         return (*imgs, *captions, summary)
 
     yield (*[gr.update(value=None, label=title) for _, title in panels], *captions, summary)
-    # Cached teacher panels first (instant), then the students, then the teachers still to compute.
-    ready = [i for i, (k, _) in enumerate(panels) if k.startswith("teacher")
-             and _teacher_key(family, k, class_choice, seed, n, cfg) in TEACHER_CACHE]
-    order = ready + [i for i, (k, _) in enumerate(panels) if not k.startswith("teacher")]
-    order += [i for i, (k, _) in enumerate(panels) if k.startswith("teacher@") and i not in ready]
-    order += [i for i, (k, _) in enumerate(panels) if k == "teacher" and i not in ready]
+    # Cached teacher panels first (instant), then the students (and data), then the teachers still to compute.
+    ready = [i for i, (key, _) in enumerate(panels) if key.startswith("teacher")
+             and _teacher_key(family, key, class_choice, seed, n, cfg) in TEACHER_CACHE]
+    order = ready + [i for i, (key, _) in enumerate(panels) if not key.startswith("teacher")]
+    order += [i for i, (key, _) in enumerate(panels) if key.startswith("teacher@") and i not in ready]
+    order += [i for i, (key, _) in enumerate(panels) if key == "teacher" and i not in ready]
     for i in order:
         key, title = panels[i]
-        model = z.sampler(family, key, cfg) if key else None
-        if model is None:
+        model = z.sampler(family, key, cfg) if key and key != "data" else None
+        entry = None
+        if key == "data":
+            t0 = time.perf_counter()
+            try:
+                x = data_samples(family, labels, seed)
+            except Exception as e:  # e.g. a dataset that cannot be loaded here: an empty panel, not an error
+                images[i] = _empty_panel()
+                captions[i] = f"**{title}**: not available ({e})"
+                yield update([i])
+                continue
+            results[i] = (title, None, 1000 * (time.perf_counter() - t0), _measure(family, x, labels), "")
+        elif model is None:
             images[i] = _empty_panel()
             captions[i] = f"**{title}**: not available" + (f" (`{family}/{key}` is not built yet)" if key else "")
             yield update([i])
             continue
-        if key.startswith("teacher"):
+        elif key.startswith("teacher"):
             estimate = None
-            if key == "teacher" and "teacher@4" in {k for k, _ in panels}:
-                j = [k for k, _ in panels].index("teacher@4")
-                if j in results:  # same network and batch: time scales with the steps
-                    estimate = results[j][2] / 4 * TEACHER_STEPS / 1000
+            if key == "teacher":  # same network and batch: time scales with the steps
+                done = [(int(panels[j][0].split("@")[1]), r[2]) for j, r in results.items()
+                        if panels[j][0].startswith("teacher@")]
+                if done:
+                    estimate = max(ms_ / s_ for s_, ms_ in done) * full / 1000
             box: dict = {}
             worker = threading.Thread(target=lambda: box.update(
                 out=_safe(teacher_output, family, key, class_choice, seed, n, cfg)), daemon=True)
@@ -388,13 +630,15 @@ def generate(family: str, class_choice, seed, num_samples, cfg, progress=gr.Prog
             (entry, cached) = out
             x, ms = entry["x"], entry["ms"]
             note = " (cached: computed for an earlier request)" if cached else ""
-            results[i] = (title, entry["nfe"], ms, x, note)
+            if "measure" not in entry:
+                entry["measure"] = _measure(family, x, labels)
+            results[i] = (title, entry["nfe"], ms, entry["measure"], note)
         else:
             t0 = time.perf_counter()
             x = model.sample(labels, seed=seed, noise=noise)
             ms = 1000 * (time.perf_counter() - t0)
-            results[i] = (title, model.nfe, ms, x, "")
-        if key.startswith("teacher"):  # the rendered panel is kept with the cached samples
+            results[i] = (title, model.nfe, ms, _measure(family, x, labels), "")
+        if entry is not None:  # the rendered panel is kept with the cached samples
             images[i] = entry.get("panel") if entry.get("panel_title") == title else None
             if images[i] is None:
                 images[i] = entry["panel"] = _panel(family, title, x, labels)
@@ -402,10 +646,18 @@ def generate(family: str, class_choice, seed, num_samples, cfg, progress=gr.Prog
         else:
             images[i] = _panel(family, title, x, labels)
         teacher_ms = next((r[2] for j, r in results.items() if panels[j][0] == "teacher"), None)
-        for j, (t_, nfe, ms_, x_, note) in results.items():
-            captions[j] = _caption(t_, nfe, ms_, teacher_ms, x_, note)
+        for j, (t_, nfe, ms_, measure, note) in results.items():
+            captions[j] = _caption(t_, nfe, ms_, teacher_ms if nfe is not None else None, measure, note, full)
         yield update([i])
     yield (*images, *captions, summary)
+
+
+def _continuous_family(z: Zoo, family: str) -> None:
+    """The tabs besides Compare take flow-matching families only."""
+    z.family(family)
+    if _discrete(family):
+        raise gr.Error(f"{family!r} is a discrete (masked-diffusion) family: it is shown in the Compare tab only; "
+                       f"here choose one of: {', '.join(z.continuous_families()) or 'none'}.")
 
 
 def _safe(fn, *args):
@@ -445,7 +697,7 @@ def trajectory(family: str, student: str, class_choice, seed, num_samples):
     A generator: the two figures first, the animation (a few seconds to render) after them.
     """
     z = get_zoo()
-    z.family(family)
+    _continuous_family(z, family)
     seed = _int(seed, "seed", 0, SEED_MAX)
     n = _int(num_samples, "number of samples", 1, 32)
     model = z.sampler(family, student)
@@ -485,7 +737,7 @@ def _has_evaluate() -> bool:
 def diversity(family: str, methods, n_per_method, projection, seed=0, full_metrics=False):
     """Embed samples of several models (classifier features for images) and project them to 2D."""
     z = get_zoo()
-    z.family(family)
+    _continuous_family(z, family)
     n = _int(n_per_method, "samples per method", 2, MAX_DIVERSITY_N)
     seed = _int(seed, "seed", 0, SEED_MAX)
     if projection not in ("pca", "tsne"):
@@ -577,7 +829,7 @@ def class_view(family: str, methods, class_choice, n_per_method, projection, see
     from pdmd_lab.embed import project
 
     z = get_zoo()
-    z.family(family)
+    _continuous_family(z, family)
     n = _int(n_per_method, "samples per model", 6, MAX_CLASS_N)
     seed = _int(seed, "seed", 0, SEED_MAX)
     if projection not in ("pca", "tsne"):
@@ -623,6 +875,30 @@ def class_view(family: str, methods, class_choice, n_per_method, projection, see
 
 # Layout ----------------------------------------------------------------------------------------
 
+def _count_label(family: str | None) -> str:
+    most = _sample_limits(family)[0] if family else MAX_SAMPLES
+    return f"number of samples (1..{most})"
+
+
+def panel_titles(family: str, steps=None) -> list:
+    """Compare's six image labels for ``family`` at D-MMD ``steps`` (updates; the images are cleared)."""
+    z = get_zoo()
+    return [gr.update(value=None, label=title) for _, title in z.panels(family, _steps_choice(z, family, steps))]
+
+
+def compare_controls(family: str) -> list:
+    """Compare's controls for a newly picked family: the D-MMD step choice (discrete families only), the
+    number of samples (thousands for token pairs), the teacher's CFG (1 for masked teachers), the panel titles."""
+    z = get_zoo()
+    z.family(family)
+    choices = [str(k) for k in z.step_choices(family)]
+    k = z.default_steps(family)
+    steps = gr.update(choices=choices, value=None if k is None else str(k), visible=bool(choices))
+    count = gr.update(value=_sample_limits(family)[1], label=_count_label(family))
+    cfg = gr.update(value=z.models[family]["teacher"].cfg)
+    return [steps, count, cfg, *panel_titles(family, k)]
+
+
 def build_app() -> gr.Blocks:
     """The Gradio Blocks of the app (models load here, once)."""
     z = get_zoo()
@@ -632,8 +908,11 @@ def build_app() -> gr.Blocks:
     default_cfg = z.models[default_family]["teacher"].cfg if default_family else 3.0
     max_classes = max((z.models[f]["teacher"].num_classes for f in families), default=10)
     class_choices = ["all"] + [str(c) for c in range(max_classes)]
-    shipped = {k for f in families for k in z.students(f)}
+    others = z.continuous_families()  # the tabs besides Compare
+    default_other = "mnist" if "mnist" in others else (others[0] if others else None)
+    shipped = {k for f in others for k in z.students(f)}
     students = [k for k in STUDENTS if k in shipped] + sorted(shipped - set(STUDENTS))
+    discrete = [f for f in families if f not in others]
     notes = "  \n".join(f"- {n}" for n in z.notes)
     lab_choices = list(live.method_presets())  # the registry as it is now
     lab_a, lab_b = [m if m in lab_choices else lab_choices[min(i, len(lab_choices) - 1)]
@@ -641,22 +920,34 @@ def build_app() -> gr.Blocks:
 
     with gr.Blocks(title="pdmd_lab: Phased DMD explorer") as demo:
         gr.Markdown("# pdmd_lab: few-step distillation, side by side\n"
-                    "Teacher (50 Euler steps) vs DMD vs DMD2-SGTS vs **Phased DMD** vs DP-DMD, same noise, same class.")
+                    "Teacher (50 Euler steps) vs DMD vs DMD2-SGTS vs **Phased DMD** vs DP-DMD, same noise, same class"
+                    + (f"; and in Compare, masked diffusion distilled by **D-MMD** ({', '.join(discrete)})."
+                       if discrete else "."))
         if notes:
             gr.Markdown(f"<details><summary>Model notes</summary>\n\n{notes}\n</details>")
         with gr.Tab("Compare", elem_id="tab-compare"):
             with gr.Row():
-                family = gr.Dropdown(families, value=default_family, label="family")
+                family = gr.Dropdown(families, value=default_family, label="family", elem_id="family-dd")
                 klass = gr.Dropdown(class_choices, value="all", label="class", allow_custom_value=True,
                                     elem_id="class-dd")
+                default_k = z.default_steps(default_family) if default_family else None
+                steps = gr.Dropdown(  # custom values allowed: generate() checks them against the family's
+                    [str(k) for k in z.step_choices(default_family)] if default_family else [],
+                    value=None if default_k is None else str(default_k), label="D-MMD steps k",
+                    allow_custom_value=True, visible=default_k is not None, elem_id="steps-dd")
                 seed = gr.Number(0, label=f"seed (0..{SEED_MAX})", precision=0, elem_id="seed-num")
-                count = gr.Number(16, label=f"number of samples (1..{MAX_SAMPLES})", precision=0,
-                                  elem_id="count-num")
-                cfg = gr.Number(default_cfg, label="teacher CFG (0..10)")
+                count = gr.Number(_sample_limits(default_family)[1] if default_family else 16,
+                                  label=_count_label(default_family), precision=0, elem_id="count-num")
+                cfg = gr.Number(default_cfg, label="teacher CFG (0..10)", elem_id="cfg-num")
             btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
             gr.Markdown("Panels appear as each model finishes: the distilled students first (well under a second), "
-                        "the 50-step teacher last. The teacher's samples are cached per family, class, seed, number "
-                        "and CFG: clicking again shows them at once.")
+                        "the full teacher last. The teacher's samples are cached per family, class, seed, number "
+                        "and CFG: clicking again shows them at once."
+                        + (f"  \nDiscrete families ({', '.join(discrete)}): masked diffusion, the D-MMD student at "
+                           "k steps with and without its noise input against the teacher at k, 4k and 100 steps "
+                           "and data; the students were distilled at CFG 1. For ring-mix-tokens each panel shows "
+                           "the joint histogram of the two tokens and the exact TV to the true joint."
+                           if discrete else ""))
             images, captions = [], []
             for row in (range(0, 3), range(3, 6)):
                 with gr.Row(equal_height=False):
@@ -666,8 +957,10 @@ def build_app() -> gr.Blocks:
                                                    interactive=False, elem_id=f"panel-{i}", elem_classes=["panel"]))
                             captions.append(gr.Markdown(elem_id=f"caption-{i}"))
             summary = gr.Markdown(elem_id="summary")
-            btn.click(generate, [family, klass, seed, count, cfg], [*images, *captions, summary],
+            btn.click(generate, [family, klass, seed, count, cfg, steps], [*images, *captions, summary],
                       api_name="generate", show_progress_on=[images[0]])
+            family.input(compare_controls, [family], [steps, count, cfg, *images], api_name="compare_controls")
+            steps.input(panel_titles, [family, steps], images, api_name="panel_titles")
 
         with gr.Tab("Phases", elem_id="tab-phases"):
             with gr.Row():
@@ -683,7 +976,7 @@ def build_app() -> gr.Blocks:
                         "The animation moves the student's samples from noise to data step by step, each step in the "
                         "colour of the expert that takes it.")
             with gr.Row():
-                t_family = gr.Dropdown(families, value=default_family, label="family")
+                t_family = gr.Dropdown(others, value=default_other, label="family")
                 t_student = gr.Dropdown(students, value="phased-dmd-4s4p" if "phased-dmd-4s4p" in students else
                                         (students[0] if students else None), label="student")
                 t_class = gr.Dropdown(class_choices, value="all", label="class", allow_custom_value=True)
@@ -700,7 +993,7 @@ def build_app() -> gr.Blocks:
 
         with gr.Tab("Diversity", elem_id="tab-diversity"):
             with gr.Row():
-                d_family = gr.Dropdown(families, value=default_family, label="family")
+                d_family = gr.Dropdown(others, value=default_other, label="family")
                 d_methods = gr.CheckboxGroup(["teacher", "teacher@4", *students],
                                              value=["teacher@4", "dmd-1s", "phased-dmd-4s4p"], label="methods")
             with gr.Row():
@@ -719,7 +1012,7 @@ def build_app() -> gr.Blocks:
                         "cloud. Each panel gives the model's spread (mean pairwise distance / the teacher's), its "
                         "coverage of the teacher's samples and its Vendi score, all in feature space.")
             with gr.Row():
-                c_family = gr.Dropdown(families, value=default_family, label="family")
+                c_family = gr.Dropdown(others, value=default_other, label="family")
                 c_methods = gr.CheckboxGroup(["teacher@4", *students],
                                              value=[m for m in ("dmd-1s", "dmd2-sgts-4s", "phased-dmd-4s4p",
                                                                 "phased-dmd-4s2p") if m in students],

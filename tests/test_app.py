@@ -3,10 +3,14 @@
 MNIST is preferred where its models are shipped (small batches: its 50-step teacher is slow on CPU);
 ring-mix (exact oracle teacher) always runs. No test asserts a wall-clock time: streaming order and
 the teacher cache are checked through what the app sends, so a busy machine cannot fail them.
+
+The discrete D-MMD family ``ring-mix-tokens`` (exact oracle teacher) is in Compare too: its exact TVs
+are recomputed here with :mod:`pdmd_lab.discrete.metrics` from the same seed and number of samples.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 import threading
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,3 +223,112 @@ def test_concurrent_generations(client):
         t.join(timeout=120)
     assert not errors and len(results) == 6
     assert all("NFE" in r[6] for r in results.values())
+
+
+# Discrete (masked diffusion) families in Compare -------------------------------------------------
+
+TOKENS = "ring-mix-tokens"
+TV = re.compile(r"TV to the true joint \*\*([0-9.]+)\*\*")
+
+
+def _tv(caption: str) -> float:
+    m = TV.search(caption)
+    assert m, caption
+    return float(m.group(1))
+
+
+def test_discrete_family_listed():
+    z = app_module.get_zoo()
+    assert TOKENS in z.families and TOKENS not in z.continuous_families()  # Compare only
+    assert app_module.shipped_families(["ring-mix-tokens/d-mmd-2s"]) == [TOKENS]  # the oracle is its teacher
+    assert app_module.shipped_families(["toy-without-teacher/d-mmd-2s"]) == []
+    teacher = z.models[TOKENS]["teacher"]
+    assert type(teacher).__name__ == "MaskedTeacherSampler" and teacher.num_steps == 100 and teacher.cfg == 1.0
+    assert z.default_steps(TOKENS) == 2 and 2 in z.step_choices(TOKENS)
+    assert [k for k, _ in z.panels(TOKENS, 2)] == ["teacher", "teacher@2", "d-mmd-2s", "d-mmd-2s-no-noise",
+                                                  "teacher@8", "data"]
+    for k in z.step_choices(TOKENS):  # whatever is shipped: its own step count's students, teacher at k and 4k
+        keys = [key for key, _ in z.panels(TOKENS, k)]
+        assert keys[1] == f"teacher@{k}" and keys[4] == f"teacher@{4 * k}"
+        assert {keys[2], keys[3]} & set(z.students(TOKENS))
+        assert all(z.models[TOKENS][key].num_steps == k for key in keys[2:4] if key in z.models[TOKENS])
+
+
+def test_generate_ring_mix_tokens(client):
+    from pdmd_lab import zoo
+    from pdmd_lab.discrete.metrics import joint_distances
+    from pdmd_lab.discrete.teacher import ORACLES
+
+    n, seed = 2048, 0
+    out = client.predict(TOKENS, "all", seed, n, 1.0, "2", api_name="/generate")
+    images, captions, summary = out[:6], out[6:12], out[12]
+    for img in images:
+        assert _image(img).shape[0] >= 200 and _image(img).shape[1] >= 200
+    assert "D-MMD, 2 steps" in captions[2] and "without the noise input" in captions[3]
+    assert "NFE 100 " in captions[0] and "NFE 8 " in captions[4] and "no network" in captions[5]
+    for i in (1, 2, 3):
+        assert "NFE 2 " in captions[i], captions[i]
+    tv = [_tv(c) for c in captions]
+    assert "k = 2" in summary and "sampling noise alone gives about" in summary
+
+    # The same numbers from pdmd_lab.discrete.metrics, the same seed and n (classes cycling).
+    labels = torch.arange(n) % 4
+    joint = ORACLES[TOKENS](32)
+    exact = {name: joint_distances(zoo.load(f"{TOKENS}/{name}").sample(labels, seed=seed), labels, joint)["tv"]
+             for name in ("teacher@2", "d-mmd-2s", "d-mmd-2s-no-noise")}
+    assert tv[1] == pytest.approx(exact["teacher@2"], abs=6e-4)
+    assert tv[2] == pytest.approx(exact["d-mmd-2s"], abs=6e-4)
+    assert tv[3] == pytest.approx(exact["d-mmd-2s-no-noise"], abs=6e-4)
+    assert exact["d-mmd-2s"] < exact["teacher@2"] - 0.1  # distilled: far closer to the joint than the teacher at 2
+    assert exact["d-mmd-2s-no-noise"] > exact["d-mmd-2s"] + 0.1  # the noise-input ablation
+    floor = float(re.search(r"gives about ([0-9.]+)", summary).group(1))
+    assert tv[5] < exact["d-mmd-2s"] and tv[5] == pytest.approx(floor, abs=0.03)  # exact draws: sampling noise
+    assert tv[0] < exact["teacher@2"]  # 100 steps
+
+
+def test_generate_ring_mix_tokens_cfg_and_default_steps(client):
+    # Five arguments (no steps): the family's default k. Guidance applies to the masked teacher only.
+    out = client.predict(TOKENS, "1", 3, 256, 3.0, api_name="/generate")
+    captions, summary = out[6:12], out[12]
+    assert "NFE 200 " in captions[0] and "NFE 4 " in captions[1]  # CFG 3: two evaluations per step
+    assert "NFE 2 " in captions[2] and "D-MMD, 2 steps" in captions[2]
+    assert all(TV.search(c) for c in captions)
+    assert "distilled at CFG 1" in summary and "class 1" in summary
+
+
+@pytest.mark.parametrize("family, args, message", [
+    (TOKENS, {"steps": "3"}, "D-MMD steps must be one of"), (TOKENS, {"n": 9000}, "number of samples"),
+    (TOKENS, {"klass": "4"}, "class"), (TOKENS, {"steps": "two"}, "D-MMD steps"),
+    ("ring-mix", {"steps": "2"}, "D-MMD steps apply to the discrete families only"),
+])
+def test_generate_discrete_rejects_bad_values(client, family, args, message):
+    with pytest.raises(Exception, match=message):
+        client.predict(family, args.get("klass", "all"), 0, args.get("n", 64), 1.0, args.get("steps"),
+                       api_name="/generate")
+
+
+def test_discrete_missing_student_leaves_its_panel_empty(monkeypatch):
+    z = app_module.Zoo(families=[TOKENS])
+    del z.models[TOKENS]["d-mmd-2s-no-noise"]  # as if it were not shipped
+    monkeypatch.setattr(app_module, "_ZOO", z)
+    assert z.panels(TOKENS, 2)[3] == ("d-mmd-2s-no-noise", "D-MMD, 2 steps, without the noise input")
+    *_, last = app_module.generate(TOKENS, "all", 0, 64, 1.0, "2", progress=lambda *a, **k: None)
+    captions = last[6:12]
+    assert "not built yet" in captions[3] and "d-mmd-2s-no-noise" in captions[3]
+    assert "NFE 2 " in captions[2] and all(TV.search(captions[i]) for i in (0, 1, 2, 4, 5))
+
+
+def test_compare_controls_follow_the_family():
+    steps, count, cfg, *labels = app_module.compare_controls(TOKENS)
+    assert steps["visible"] and steps["value"] == "2" and "2" in steps["choices"]
+    assert count["value"] == app_module.DEFAULT_PAIR_SAMPLES and "8192" in count["label"] and cfg["value"] == 1.0
+    assert [u["label"] for u in labels][2:4] == ["D-MMD, 2 steps", "D-MMD, 2 steps, without the noise input"]
+    steps, count, *_ = app_module.compare_controls("ring-mix")
+    assert not steps["visible"] and steps["value"] is None and count["value"] == 16
+
+
+def test_other_tabs_refuse_the_discrete_family():
+    with pytest.raises(Exception, match="Compare tab only"):
+        app_module.diversity(TOKENS, ["teacher@4"], 40, "pca", 0, False)
+    with pytest.raises(Exception, match="Compare tab only"):
+        app_module.class_view(TOKENS, ["d-mmd-2s"], "1", 24, "pca", 0)
