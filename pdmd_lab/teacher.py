@@ -98,7 +98,8 @@ def iteration_generator(seed: int, it: int, stream: int = 0) -> torch.Generator:
     return g
 
 
-def _ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    """``ema <- decay ema + (1 - decay) net``, parameter by parameter."""
     with torch.no_grad():
         for pe, p in zip(ema.parameters(), net.parameters()):
             pe.lerp_(p, 1 - decay)
@@ -120,16 +121,31 @@ def train_teacher(config: TeacherConfig, out: str | Path, *, resume: bool = True
     Built on ``accelerate``: the same loop runs on CPU, one GPU, or several with ``accelerate launch``.
     Resumes from ``out/train_state`` when it exists and matches the config.
     """
+    ds = get_dataset(config.data)
+    net_cfg = net_config_from_dict(config.net) if config.net else default_net_config(ds)
+    config.net = asdict(net_cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = build_net(net_cfg)
+    return train_denoiser(config, net, out, kind="teacher", loss_fn=flow_matching_loss, resume=resume,
+                          progress=progress, command=command)
+
+
+def train_denoiser(config, net: nn.Module, out: str | Path, *, kind: str, loss_fn, resume: bool = True,
+                   progress: bool = True, command: str = "") -> Path:
+    """The one teacher loop, for flow-matching and masked-diffusion teachers alike.
+
+    ``config`` is a :class:`TeacherConfig` or a config with the same fields (``config.net`` already the
+    JSON config of ``net``); ``loss_fn(net, x0, labels, generator)`` returns per-sample losses. EMA and label
+    dropout (the null class, for CFG); atomic checkpoints every ``checkpoint_every``; all randomness of
+    iteration ``i`` comes from a generator seeded by ``(seed, i)``, so a resumed run ends where an
+    uninterrupted one does. Writes ``out`` with ``config.json`` (``kind``) and ``model.safetensors`` (EMA).
+    """
     from accelerate import Accelerator
 
     out = Path(out)
     ds = get_dataset(config.data)
-    net_cfg = net_config_from_dict(config.net) if config.net else default_net_config(ds)
-    config.net = asdict(net_cfg)
     accelerator = Accelerator()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        net = build_net(net_cfg)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start, wall = 0, 0.0
@@ -137,22 +153,24 @@ def train_teacher(config: TeacherConfig, out: str | Path, *, resume: bool = True
     state_dir = out / "train_state"
     if resume and state_dir.exists():
         st_cfg = io.read_config(state_dir)
-        if st_cfg.get("kind") != "teacher-train-state" or st_cfg["config"]["data"] != config.data:
-            raise ValueError(f"cannot resume: {state_dir} is not a teacher run on {config.data!r}")
+        if st_cfg.get("kind") != f"{kind}-train-state" or st_cfg["config"]["data"] != config.data:
+            raise ValueError(f"cannot resume: {state_dir} is not a {kind} run on {config.data!r}")
         if st_cfg["config"]["net"] != json.loads(json.dumps(config.net)):
             raise ValueError(f"cannot resume: {state_dir} was trained with another network config")
         tensors = io.read_tensors(state_dir, "state")
         io.load_weights(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, str(state_dir))
         io.load_weights(ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, str(state_dir))
-        io.unflatten_optimizer(opt, tensors, st_cfg["optimizer"], "opt")
+        io.unflatten_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("opt.")}, st_cfg["optimizer"],
+                               "opt")
         start, wall = st_cfg["step"], st_cfg["wall_time_s"]
 
+    ema.to(accelerator.device)
     net, opt = accelerator.prepare(net, opt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (start + i + 1) / max(1, config.warmup)))
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters, disable=not progress,
-               desc=f"teacher {config.data}")
+               desc=f"{kind} {config.data}")
     t0 = time.time()
     for it in bar:
         g = iteration_generator(config.seed, it)
@@ -160,7 +178,7 @@ def train_teacher(config: TeacherConfig, out: str | Path, *, resume: bool = True
         drop = torch.rand(config.batch_size, generator=g) < config.label_dropout
         labels = torch.where(drop, torch.full_like(labels, ds.num_classes), labels)
         x0, labels = x0.to(accelerator.device), labels.to(accelerator.device)
-        loss = flow_matching_loss(net, x0, labels, g).mean()
+        loss = loss_fn(net, x0, labels, g).mean()
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite teacher loss at iteration {it}; last good checkpoint kept in {out}")
         opt.zero_grad(set_to_none=True)
@@ -168,29 +186,26 @@ def train_teacher(config: TeacherConfig, out: str | Path, *, resume: bool = True
         accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)
         opt.step()
         sched.step()
-        decay = min(config.ema_decay, (1 + it) / (10 + it))
-        _ema_update(ema, accelerator.unwrap_model(net), decay)
+        ema_update(ema, accelerator.unwrap_model(net), min(config.ema_decay, (1 + it) / (10 + it)))
         bar.set_postfix(loss=f"{loss.item():.4f}")
         done = it + 1
-        if done % 50 == 0 or done == config.iters:
+        if accelerator.is_main_process and (done % 50 == 0 or done == config.iters):
             with open(log_path, "a") as f:
                 f.write(json.dumps({"iter": done, "loss": loss.item(), "lr": sched.get_last_lr()[0],
                                     "time_s": wall + time.time() - t0}) + "\n")
-        if done % config.checkpoint_every == 0 or done == config.iters:
-            if accelerator.is_main_process:
-                _save_teacher(out, config, accelerator.unwrap_model(net), ema, opt, done,
-                              wall + time.time() - t0, command)
+        if accelerator.is_main_process and (done % config.checkpoint_every == 0 or done == config.iters):
+            _save(out, kind, config, accelerator.unwrap_model(net), ema, opt, done, wall + time.time() - t0, command)
     accelerator.wait_for_everyone()
     return out
 
 
-def _save_teacher(out: Path, config: TeacherConfig, net, ema, opt, step: int, wall: float, command: str) -> None:
+def _save(out: Path, kind: str, config, net, ema, opt, step: int, wall: float, command: str) -> None:
     opt_tensors, opt_meta = io.flatten_optimizer(opt, "opt")
     state = {**{f"net.{k}": v for k, v in net.state_dict().items()},
              **{f"ema.{k}": v for k, v in ema.state_dict().items()}, **opt_tensors}
-    io.save_folder(out / "train_state", {"kind": "teacher-train-state", "config": asdict(config), "step": step,
+    io.save_folder(out / "train_state", {"kind": f"{kind}-train-state", "config": asdict(config), "step": step,
                                           "wall_time_s": wall, "optimizer": opt_meta}, {"state": state})
-    meta = {"kind": "teacher", "dataset": config.data, "net": config.net, "iters": step,
+    meta = {"kind": kind, "dataset": config.data, "net": config.net, "iters": step,
             "wall_time_s": round(wall, 1), "seed": config.seed, "command": command, "train": asdict(config)}
     io.save_model_files(out, meta, {"model": ema.state_dict()})
 

@@ -7,10 +7,7 @@ Mirrors :mod:`pdmd_lab.teacher`. A teacher folder holds ``config.json`` (``kind:
 
 from __future__ import annotations
 
-import copy
-import json
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,7 +20,7 @@ from pdmd_lab.data import DATASETS, get_dataset
 from pdmd_lab.discrete.masking import check_tokens, mask_tokens
 from pdmd_lab.discrete.nets import MaskedDenoiser, build_net, default_net_config, net_config_from_dict
 from pdmd_lab.discrete.oracle import TokenOracle, ring_mix_tokens
-from pdmd_lab.teacher import iteration_generator
+from pdmd_lab.teacher import train_denoiser
 
 ORACLES = {"ring-mix-tokens": ring_mix_tokens}  # token datasets with an exact joint
 KIND = "masked-teacher"
@@ -79,93 +76,21 @@ class MaskedTeacherConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
 
 
-def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
-    """``ema <- decay ema + (1 - decay) net``, parameter by parameter."""
-    with torch.no_grad():
-        for pe, p in zip(ema.parameters(), net.parameters()):
-            pe.lerp_(p, 1 - decay)
-
-
 def train_masked_teacher(config: MaskedTeacherConfig, out: str | Path, *, resume: bool = True,
                          progress: bool = True, command: str = "") -> Path:
-    """Train a masked-diffusion teacher with EMA and label dropout; write and return the teacher folder.
+    """Train a masked-diffusion teacher (MDLM loss) with EMA and label dropout; write and return the folder.
 
-    Built on ``accelerate`` (CPU, one GPU, or several with ``accelerate launch``). Resumes from
-    ``out/train_state`` when it exists and matches the config; all randomness of iteration ``i`` comes
-    from a generator seeded by ``(seed, i)``, so a resumed run ends where an uninterrupted one does.
+    The loop is :func:`pdmd_lab.teacher.train_denoiser`, the continuous teachers' own: ``accelerate`` (CPU,
+    one GPU, or several with ``accelerate launch``), atomic checkpoints, exact resume.
     """
-    from accelerate import Accelerator
-
-    out = Path(out)
     ds = get_dataset(config.data)
     net_cfg = net_config_from_dict(config.net) if config.net else default_net_config(ds)
     config.net = io.json_ready(net_cfg)
-    accelerator = Accelerator()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         net = build_net(net_cfg)
-    ema = copy.deepcopy(net).requires_grad_(False)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    start, wall = 0, 0.0
-
-    state_dir = out / "train_state"
-    if resume and state_dir.exists():
-        st_cfg = io.read_config(state_dir)
-        if st_cfg.get("kind") != f"{KIND}-train-state" or st_cfg["config"]["data"] != config.data:
-            raise ValueError(f"cannot resume: {state_dir} is not a masked-teacher run on {config.data!r}")
-        if st_cfg["config"]["net"] != config.net:
-            raise ValueError(f"cannot resume: {state_dir} was trained with another network config")
-        tensors = io.read_tensors(state_dir, "state")
-        io.load_weights(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, str(state_dir))
-        io.load_weights(ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, str(state_dir))
-        io.unflatten_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("opt.")}, st_cfg["optimizer"],
-                               "opt")
-        start, wall = st_cfg["step"], st_cfg["wall_time_s"]
-
-    ema.to(accelerator.device)
-    net, opt = accelerator.prepare(net, opt)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (start + i + 1) / max(1, config.warmup)))
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "log.jsonl"
-    bar = tqdm(range(start, config.iters), initial=start, total=config.iters, disable=not progress,
-               desc=f"masked teacher {config.data}")
-    t0 = time.time()
-    for it in bar:
-        g = iteration_generator(config.seed, it)
-        x0, labels = ds.sample(config.batch_size, seed=g)
-        drop = torch.rand(config.batch_size, generator=g) < config.label_dropout
-        labels = torch.where(drop, torch.full_like(labels, ds.num_classes), labels)
-        x0, labels = x0.to(accelerator.device), labels.to(accelerator.device)
-        loss = masked_diffusion_loss(net, x0, labels, g).mean()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite teacher loss at iteration {it}; last good checkpoint kept in {out}")
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)
-        opt.step()
-        sched.step()
-        ema_update(ema, accelerator.unwrap_model(net), min(config.ema_decay, (1 + it) / (10 + it)))
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = it + 1
-        if accelerator.is_main_process and (done % 50 == 0 or done == config.iters):
-            with open(log_path, "a") as f:
-                f.write(json.dumps({"iter": done, "loss": loss.item(), "lr": sched.get_last_lr()[0],
-                                    "time_s": wall + time.time() - t0}) + "\n")
-        if accelerator.is_main_process and (done % config.checkpoint_every == 0 or done == config.iters):
-            _save(out, config, accelerator.unwrap_model(net), ema, opt, done, wall + time.time() - t0, command)
-    accelerator.wait_for_everyone()
-    return out
-
-
-def _save(out: Path, config: MaskedTeacherConfig, net, ema, opt, step: int, wall: float, command: str) -> None:
-    opt_tensors, opt_meta = io.flatten_optimizer(opt, "opt")
-    state = {**{f"net.{k}": v for k, v in net.state_dict().items()},
-             **{f"ema.{k}": v for k, v in ema.state_dict().items()}, **opt_tensors}
-    io.save_folder(out / "train_state", {"kind": f"{KIND}-train-state", "config": asdict(config), "step": step,
-                                          "wall_time_s": wall, "optimizer": opt_meta}, {"state": state})
-    meta = {"kind": KIND, "dataset": config.data, "net": config.net, "iters": step, "wall_time_s": round(wall, 1),
-            "seed": config.seed, "command": command, "train": asdict(config)}
-    io.save_model_files(out, meta, {"model": ema.state_dict()})
+    return train_denoiser(config, net, out, kind=KIND, loss_fn=masked_diffusion_loss, resume=resume,
+                          progress=progress, command=command)
 
 
 def load_masked_teacher(spec: str | Path, device="cpu") -> nn.Module:
