@@ -22,7 +22,7 @@ MNIST = {"teacher": MNIST_TEACHER, "cfg": 1.0, "iters": 800, "batch_size": 64, "
 RECIPES: dict[str, dict] = {
     **{f"ring-mix-tokens/d-mmd-{k}s{tag}": {"kind": "student", "method": "d-mmd", "steps": k, **TOY, **extra}
        for k in (1, 2, 4) for tag, extra in (("", {}), ("-no-noise", {"noise_dim": 0}))},
-    "mnist-binary/teacher": {"kind": "teacher", "data": "mnist-binary", "iters": 4000, "batch_size": 64, "lr": 1e-3,
+    "mnist-binary/teacher": {"kind": "teacher", "data": "mnist-binary", "iters": 2500, "batch_size": 64, "lr": 1e-3,
                              "checkpoint_every": 500},
     **{f"mnist-binary/d-mmd-{k}s": {"kind": "student", "method": "d-mmd", "steps": k, **MNIST} for k in (4, 8)},
 }
