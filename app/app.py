@@ -364,9 +364,10 @@ def _tokens_panel(family: str, title: str, x: torch.Tensor, labels) -> np.ndarra
     from pdmd_lab.discrete.metrics import to_images
 
     if x.ndim == 2:
-        fig = dviz.joint_figure({f"joint of the two tokens, {len(x)} samples": (x, labels)}, family,
-                                true_joint=False, title=title)
-        fig.set_size_inches(3.6, 3.7)
+        fig = dviz.joint_figure({"": (x, labels)}, family, true_joint=False)
+        fig.suptitle("")  # the panel's label names the model (and would hide a title at the top)
+        fig.axes[0].set_xlabel(f"joint of the two tokens, {len(x)} samples", fontsize=8)
+        fig.set_size_inches(3.6, 3.6)
         return figure_array(fig)
     return _image_panel(family, title, to_images(x), labels)
 

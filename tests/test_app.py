@@ -332,3 +332,42 @@ def test_other_tabs_refuse_the_discrete_family():
         app_module.diversity(TOKENS, ["teacher@4"], 40, "pca", 0, False)
     with pytest.raises(Exception, match="Compare tab only"):
         app_module.class_view(TOKENS, ["d-mmd-2s"], "1", 24, "pca", 0)
+
+
+def _tiny_binary_mnist_zoo():
+    """A Zoo holding an untrained tiny masked UNet teacher and a 4-step D-MMD student of binarised MNIST:
+    what Compare gets once ``mnist-binary/teacher`` and ``mnist-binary/d-mmd-4s`` are shipped."""
+    from pdmd_lab.discrete.masking import step_times
+    from pdmd_lab.discrete.method import MaskedTeacherSampler
+    from pdmd_lab.discrete.nets import TokenUNetConfig, add_noise_input, build_net
+    from pdmd_lab.student import Student
+
+    torch.manual_seed(0)
+    net = build_net(TokenUNetConfig(block_out_channels=(8, 16), norm_num_groups=4, attention=False)).eval()
+    teacher = MaskedTeacherSampler(net, steps=100, cfg=1.0, dataset="mnist-binary", shape=(1, 28, 28))
+    student = Student([add_noise_input(net, 2, 30.0).eval()], [1.0, 0.0], step_times(4), sampler="masked",
+                      dataset="mnist-binary", shape=(1, 28, 28),
+                      meta={"method": "d-mmd", "options": {"noise_dim": 2}, "cfg": 1.0})
+    z = app_module.Zoo(families=[])
+    z.models["mnist-binary"] = {"teacher": teacher, "d-mmd-4s": student}
+    return z
+
+
+def test_discrete_image_family_shows_grids(monkeypatch):
+    assert app_module.shipped_families(["mnist-binary/teacher", "mnist-binary/d-mmd-4s"]) == ["mnist-binary"]
+    z = _tiny_binary_mnist_zoo()
+    monkeypatch.setattr(app_module, "_ZOO", z)
+    monkeypatch.setattr(app_module, "TEACHER_CACHE", app_module.TeacherCache())  # keep real teachers' entries apart
+    assert z.step_choices("mnist-binary") == [4]
+    assert [k for k, _ in z.panels("mnist-binary")] == ["teacher", "teacher@4", "d-mmd-4s", "",
+                                                        "teacher@16", "data"]  # no no-noise recipe for MNIST
+    *_, last = app_module.generate("mnist-binary", "all", 0, 2, 1.0, None, progress=lambda *a, **k: None)
+    images, captions = last[:6], last[6:12]
+    assert "NFE 100 " in captions[0] and "NFE 4 " in captions[1] and "NFE 4 " in captions[2]
+    assert "not available" in captions[3]
+    assert all("Hamming diversity" in captions[i] for i in (0, 1, 2, 4))
+    for i in (0, 1, 2, 4):  # 2 binary images of 28 px side by side, upscaled 3x
+        assert images[i].shape[:2] == (3 * 30, 3 * 59), images[i].shape
+    assert "Hamming diversity" in captions[5] or "not available" in captions[5]  # data: MNIST loads offline
+    with pytest.raises(Exception, match="number of samples"):
+        next(app_module.generate("mnist-binary", "all", 0, 65, 1.0, None))

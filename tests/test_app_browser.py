@@ -3,6 +3,9 @@
 * Compare: pick a class, click Generate; the panels stream in, every distilled student's before the
   50-step teacher's (the order is recorded in the page by a MutationObserver, so a slow machine
   changes the timings, not the order), and the teacher's caption counts while it computes.
+* Compare, discrete family: pick ``ring-mix-tokens``; the D-MMD step choice appears, and Generate
+  shows the teacher at 100, 2 and 8 steps, D-MMD with and without its noise input and data, each
+  with its NFE and exact TV to the true joint.
 * Collapse lab: train two methods side by side for a few updates and see both scatters, the curves
   and the finished status.
 
@@ -137,6 +140,35 @@ def test_compare_streams_students_before_the_teacher(url, browser, tmp_path):
         page.get_by_role("button", name="Generate").click()
         page.locator("#caption-0").filter(has_text="cached").wait_for(timeout=120_000)
         assert shot.exists()
+    finally:
+        page.close()
+
+
+def test_compare_discrete_family(url, browser, tmp_path):
+    page = _open(browser, url)
+    try:
+        page.locator("#family-dd input").click()
+        page.get_by_role("option", name="ring-mix-tokens", exact=True).click()
+        page.locator("#steps-dd input").wait_for(state="visible", timeout=30_000)  # only for discrete families
+        page.wait_for_function("() => document.querySelector('#count-num input').value === '2048'", timeout=30_000)
+        assert page.locator("#steps-dd input").input_value() == "2"
+        assert page.locator("#cfg-num input").input_value() == "1"  # masked teachers are compared at CFG 1
+        page.get_by_role("button", name="Generate").click()
+        for i in range(6):
+            page.locator(f"#panel-{i} img").first.wait_for(state="visible", timeout=300_000)
+        page.locator("#caption-0").filter(has_text="NFE 100").wait_for(timeout=300_000)
+        caps = [page.locator(f"#caption-{i}").inner_text() for i in range(6)]
+        assert all("TV to the true joint" in c for c in caps), caps
+        assert "D-MMD, 2 steps" in caps[2] and "NFE 2 " in caps[2]
+        assert "without the noise input" in caps[3] and "NFE 2 " in caps[3]
+        assert "NFE 2 " in caps[1] and "NFE 8 " in caps[4] and "no network" in caps[5]
+        assert "D-MMD steps k = 2" in page.locator("#summary").inner_text()
+        if SAVE:
+            page.wait_for_timeout(1000)
+        _save(page, "compare_tokens", tmp_path)
+        page.locator("#family-dd input").click()  # back to a continuous family: the step choice goes away
+        page.get_by_role("option", name="ring-mix", exact=True).click()
+        page.locator("#steps-dd input").wait_for(state="hidden", timeout=30_000)
     finally:
         page.close()
 
