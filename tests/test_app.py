@@ -371,3 +371,32 @@ def test_discrete_image_family_shows_grids(monkeypatch):
     assert "Hamming diversity" in captions[5] or "not available" in captions[5]  # data: MNIST loads offline
     with pytest.raises(Exception, match="number of samples"):
         next(app_module.generate("mnist-binary", "all", 0, 65, 1.0, None))
+
+
+def test_a_newly_shipped_discrete_student_gets_its_step_choice(monkeypatch):
+    """Compare's discrete panels follow ``zoo.list_models``: a 1-step student shipped (here the 2-step one's
+    network run in one step) brings k = 1, its no-noise sibling's panel stays empty with a note."""
+    from pdmd_lab import zoo
+    from pdmd_lab.discrete.masking import step_times
+    from pdmd_lab.student import Student
+
+    listed, load = zoo.list_models(), zoo.load
+
+    def fake_load(name, *args, **kwargs):
+        if name == f"{TOKENS}/d-mmd-1s":
+            two = load(f"{TOKENS}/d-mmd-2s")
+            return Student(list(two.experts), [1.0, 0.0], step_times(1), sampler="masked", dataset=TOKENS,
+                           shape=two.shape, meta=dict(two.meta))
+        return load(name, *args, **kwargs)
+
+    monkeypatch.setattr(zoo, "list_models", lambda *a: sorted({*listed, f"{TOKENS}/d-mmd-1s"}))
+    monkeypatch.setattr(zoo, "load", fake_load)
+    z = app_module.Zoo(families=[TOKENS])
+    assert 1 in z.step_choices(TOKENS) and 2 in z.step_choices(TOKENS)
+    assert [k for k, _ in z.panels(TOKENS, 1)][:5] == ["teacher", "teacher@1", "d-mmd-1s", "d-mmd-1s-no-noise",
+                                                       "teacher@4"]
+    monkeypatch.setattr(app_module, "_ZOO", z)
+    *_, last = app_module.generate(TOKENS, "all", 0, 512, 1.0, "1", progress=lambda *a, **k: None)
+    captions = last[6:12]
+    assert "NFE 1 " in captions[1] and "NFE 1 " in captions[2] and TV.search(captions[2])
+    assert "not built yet" in captions[3] or "NFE 1 " in captions[3]  # unless it has been shipped since
