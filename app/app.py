@@ -128,6 +128,11 @@ class Zoo:
         self.notes: list[str] = []
         self.classifiers: dict = {}
         available = set(zoo.list_models())
+        if families is None:  # students shipped before their teacher (e.g. mnist-binary's): say so
+            with_students = {n.split("/")[0] for n in available if n.count("/") == 1
+                             and n.split("/")[1] not in ("teacher", "classifier")}
+            for family in sorted(with_students - set(shipped_families(available))):
+                self.notes.append(f"family **{family}** skipped: no teacher in assets/models")
         for family in (shipped_families(available) if families is None else families):
             if not has_teacher(family, available):
                 self.notes.append(f"family **{family}** skipped: no teacher in assets/models")
