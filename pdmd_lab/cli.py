@@ -257,7 +257,7 @@ def _discrete_figures(a, out: Path) -> None:
         labels = torch.arange(a.n_points) % ds.num_classes
         rows = {}
         for k in sorted(by_k):
-            models = {f"teacher, {k} steps": zoo.load(f"{teacher}@{k}")}
+            models = {f"teacher, {k} step{'s' if k > 1 else ''}": zoo.load(f"{teacher}@{k}")}
             models.update({n.split("/")[1]: zoo.load(n) for n in sorted(by_k[k], key=lambda n: "no-noise" in n)})
             rows[k] = {name: (m.sample(labels, seed=a.seed), labels) for name, m in models.items()}
         fig = dviz.steps_comparison_figure(rows, dataset=a.family)
