@@ -71,7 +71,6 @@ def _discrete_recipes() -> dict[str, dict]:
 
 
 RECIPES.update(_discrete_recipes())
-DISCRETE_FAMILIES = ("ring-mix-tokens", "mnist-binary")  # built by their own commands, not by the zoo yet
 
 
 def get_recipe(name: str) -> dict:

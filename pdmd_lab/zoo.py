@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from pdmd_lab import io
 from pdmd_lab.data import get_dataset
-from pdmd_lab.recipes import DISCRETE_FAMILIES, RECIPES, TEACHER_CFG
+from pdmd_lab.recipes import RECIPES, TEACHER_CFG
 from pdmd_lab.student import Student, TeacherSampler
 from pdmd_lab.teacher import load_teacher
 
@@ -36,7 +36,7 @@ class Entry:
 
 ENTRIES: list[Entry] = [Entry(name, r["kind"], {k: v for k, v in r.items() if k != "kind"})
                         for name, r in RECIPES.items()
-                        if not name.startswith("study/") and name.split("/")[0] not in DISCRETE_FAMILIES]
+                        if not name.startswith("study/")]
 
 
 def parse_name(name: str) -> tuple[str, int | None]:

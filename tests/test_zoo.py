@@ -62,3 +62,24 @@ def test_shipped_dmmd_toy_students_beat_their_teacher_and_their_no_noise_ablatio
                          "no-noise": zoo.load(f"{name}-no-noise")}.items()}
     assert tv["student"] < 0.5 * tv["teacher"], tv
     assert tv["student"] < tv["no-noise"], tv
+
+
+def test_build_zoo_trains_masked_teachers_and_d_mmd_students(monkeypatch, tmp_path):
+    """build-zoo dispatches on the data kind: a token dataset's teacher is a masked teacher, and a D-MMD
+    student distils from it by its ``zoo:`` name; both export, and a second call skips them."""
+    from pdmd_lab import io
+
+    monkeypatch.setattr(zoo, "ASSETS", tmp_path / "assets")  # zoo: names resolve here
+    entries = [zoo.Entry("ring-mix-tokens/teacher", "teacher", {"data": "ring-mix-tokens", "iters": 3,
+                                                                  "batch_size": 16, "checkpoint_every": 3}),
+               zoo.Entry("ring-mix-tokens/d-mmd-2s", "student",
+                         {"method": "d-mmd", "steps": 2, "teacher": "zoo:ring-mix-tokens/teacher", "cfg": 1.0,
+                          "iters": 2, "batch_size": 16, "fake_updates_per_generator_update": 1,
+                          "checkpoint_every": 2, "noise_dim": 2})]
+    monkeypatch.setattr(zoo, "ENTRIES", entries)
+    built = zoo.build_zoo(tmp_path / "assets", tmp_path / "runs", progress=False)
+    assert built == ["ring-mix-tokens/teacher", "ring-mix-tokens/d-mmd-2s"]
+    assert io.read_config(tmp_path / "assets/ring-mix-tokens/teacher")["kind"] == "masked-teacher"
+    student = zoo.load(str(tmp_path / "assets/ring-mix-tokens/d-mmd-2s"))
+    assert student.nfe == 2 and student.meta["teacher"] == "zoo:ring-mix-tokens/teacher"
+    assert zoo.build_zoo(tmp_path / "assets", tmp_path / "runs", progress=False) == []
