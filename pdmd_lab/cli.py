@@ -249,16 +249,17 @@ def _discrete_figures(a, out: Path) -> None:
     students = [n for n in zoo.list_models() if n.startswith(a.family + "/") and n.split("/")[1] != "teacher"]
     if not students:
         raise ValueError(f"no shipped students of {a.family!r} (run `pdmd-lab build-zoo --only {a.family}`)")
+    loaded = {n: zoo.load(n) for n in students}  # each student loaded once
     by_k: dict[int, list[str]] = {}
-    for n in students:
-        by_k.setdefault(zoo.load(n).num_steps, []).append(n)
+    for n, m in loaded.items():
+        by_k.setdefault(m.num_steps, []).append(n)
     teacher = f"{a.family}/teacher"
     if len(ds.shape) == 1:  # the two-token toy
         labels = torch.arange(a.n_points) % ds.num_classes
         rows = {}
         for k in sorted(by_k):
             models = {f"teacher, {k} step{'s' if k > 1 else ''}": zoo.load(f"{teacher}@{k}")}
-            models.update({n.split("/")[1]: zoo.load(n) for n in sorted(by_k[k], key=lambda n: "no-noise" in n)})
+            models.update({n.split("/")[1]: loaded[n] for n in sorted(by_k[k], key=lambda n: "no-noise" in n)})
             rows[k] = {name: (m.sample(labels, seed=a.seed), labels) for name, m in models.items()}
         fig = dviz.steps_comparison_figure(rows, dataset=a.family)
         path = out / f"{a.family}_steps.png"
@@ -269,7 +270,7 @@ def _discrete_figures(a, out: Path) -> None:
             names += [f"{teacher}@{k}", *sorted(by_k[k])]
         rows, captions = {}, {}
         for name in names:
-            m = zoo.load(name)
+            m = loaded.get(name) or zoo.load(name)
             rows[name] = m.sample(labels, seed=a.seed)
             captions[name] = f"NFE {m.nfe}"
         fig = dviz.grid_figure(rows, captions=captions, title=f"{a.family}, class {a.label}")

@@ -247,11 +247,9 @@ def load_teacher(spec: str | Path, device="cpu") -> Denoiser:
             oracles = ", ".join(n for n, d in DATASETS.items() if d.gmm is not None)
             raise ValueError(f"no oracle for dataset {name!r}: only Gaussian mixtures have one ({oracles})")
         return OracleTeacher(ds.gmm, name)
-    if spec.startswith("zoo:"):
-        from pdmd_lab.zoo import ASSETS
+    from pdmd_lab.zoo import resolve
 
-        spec = str(ASSETS / spec.split(":", 1)[1])
-    return io.load_folder(spec, device=device, kinds=("teacher",))
+    return io.load_folder(resolve(spec), device=device, kinds=("teacher",))
 
 
 def _teacher_from_folder(path, cfg: dict, device) -> Denoiser:

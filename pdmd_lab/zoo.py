@@ -35,8 +35,13 @@ class Entry:
 
 
 ENTRIES: list[Entry] = [Entry(name, r["kind"], {k: v for k, v in r.items() if k != "kind"})
-                        for name, r in RECIPES.items()
-                        if not name.startswith("study/")]
+                        for name, r in RECIPES.items() if not name.startswith("study/")]
+
+
+def resolve(spec: str) -> str:
+    """``zoo:<family>/<model>`` -> the shipped folder's path; any other spec unchanged (the one place
+    teacher specs' ``zoo:`` prefix is read)."""
+    return str(ASSETS / spec.split(":", 1)[1]) if spec.startswith("zoo:") else spec
 
 
 def parse_name(name: str) -> tuple[str, int | None]:

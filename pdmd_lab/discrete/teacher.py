@@ -107,7 +107,9 @@ def load_masked_teacher(spec: str | Path, device="cpu") -> nn.Module:
             raise ValueError(f"no masked-diffusion oracle for dataset {name!r}{hint}; "
                              f"oracles: {', '.join(ORACLES)}")
         return TokenOracle(ORACLES[name](ds.vocab_size), name).to(device)
-    spec = _zoo_path(spec)
+    from pdmd_lab.zoo import resolve
+
+    spec = resolve(spec)
     cfg = io.read_config(spec)
     if cfg.get("kind") == "teacher":
         raise ValueError(f"{spec!r} is a continuous (flow-matching) teacher; masked diffusion needs a "
@@ -121,19 +123,12 @@ def load_masked_teacher(spec: str | Path, device="cpu") -> nn.Module:
     return net.eval().requires_grad_(False).to(device)
 
 
-def _zoo_path(spec: str) -> str:
-    """``zoo:<family>/<model>`` -> the shipped folder; other specs unchanged."""
-    if spec.startswith("zoo:"):
-        from pdmd_lab.zoo import ASSETS
-
-        return str(ASSETS / spec.split(":", 1)[1])
-    return spec
-
-
 def is_masked_teacher_spec(spec: str | Path) -> bool:
     """Whether ``spec`` names a masked-diffusion teacher (``oracle:<token dataset>``, a masked-teacher folder
     or its ``zoo:`` name)."""
-    spec = _zoo_path(str(spec))
+    from pdmd_lab.zoo import resolve
+
+    spec = resolve(str(spec))
     if spec.startswith("oracle:"):
         name = spec.split(":", 1)[1]
         return name in DATASETS and DATASETS[name].kind == "tokens"
