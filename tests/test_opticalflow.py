@@ -60,7 +60,7 @@ def test_trajectories_rendered_to_frames_match_their_exact_displacement():
                          torch.cat([torch.cos(t), torch.sin(t)], 1) * 0.5])  # circle: chord 2 * 0.5 * sin(1/2)
     assert of.exact_flow(trajs[2]) == pytest.approx(0.5)
     assert of.exact_flow(trajs[3]) == pytest.approx(np.sin(0.5), rel=1e-9)
-    table = of.trajectory_flow_table(trajs, size=64, pixels_per_unit=4.0)
+    table = of.trajectory_flow_table(trajs, pixels_per_unit=4.0)
     assert table["exact"] == pytest.approx([0.0, 1.0, 2.0, 4 * np.sin(0.5)])
     assert table["estimate"][0] < 1e-3
     for exact, est in zip(table["exact"][1:], table["estimate"][1:]):
@@ -68,3 +68,16 @@ def test_trajectories_rendered_to_frames_match_their_exact_displacement():
     assert table["rel_error"] < 0.1
     with pytest.raises(ValueError, match=r"\(T, 2\)"):
         of.render_frames(torch.zeros(5, 3))
+
+
+def test_a_dot_on_black_flows_over_the_object_only():
+    """A bright dot moving 2 px per frame: over the dot the estimate is 2; the interior mean is diluted."""
+    def dot(t):
+        yy, xx = np.mgrid[0:48, 0:48] + 0.5
+        return np.stack([(255 * np.clip(3.0 - np.hypot(xx - 16 - x, yy - 24 - y), 0, 1)).astype(np.uint8)
+                         for x, y in 4.0 * np.asarray(t)])
+    traj = torch.stack([torch.arange(6.0) * 0.5, torch.zeros(6)], 1)  # 0.5 units per frame at 4 px per unit
+    table = of.trajectory_flow_table(traj[None], render=dot, pixels_per_unit=4.0)
+    assert table["exact"] == pytest.approx([2.0])
+    assert abs(table["object"][0] - 2.0) < 0.2
+    assert table["estimate"][0] < 0.5 * table["object"][0]
