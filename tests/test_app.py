@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app import app as app_module  # noqa: E402
-from app import live  # noqa: E402
+from app import common, live  # noqa: E402
 
 pytestmark = pytest.mark.slow
 FAMILIES = [f for f in ("mnist", "ring-mix") if f in app_module.get_zoo().families]
@@ -310,7 +310,7 @@ def test_generate_discrete_rejects_bad_values(client, family, args, message):
 def test_discrete_missing_student_leaves_its_panel_empty(monkeypatch):
     z = app_module.Zoo(families=[TOKENS])
     del z.models[TOKENS]["d-mmd-2s-no-noise"]  # as if it were not shipped
-    monkeypatch.setattr(app_module, "_ZOO", z)
+    monkeypatch.setattr(common, "_ZOO", z)
     assert z.panels(TOKENS, 2)[3] == ("d-mmd-2s-no-noise", "D-MMD, 2 steps, without the noise input")
     *_, last = app_module.generate(TOKENS, "all", 0, 64, 1.0, "2", progress=lambda *a, **k: None)
     captions = last[6:12]
@@ -356,8 +356,8 @@ def _tiny_binary_mnist_zoo():
 def test_discrete_image_family_shows_grids(monkeypatch):
     assert app_module.shipped_families(["mnist-binary/teacher", "mnist-binary/d-mmd-4s"]) == ["mnist-binary"]
     z = _tiny_binary_mnist_zoo()
-    monkeypatch.setattr(app_module, "_ZOO", z)
-    monkeypatch.setattr(app_module, "TEACHER_CACHE", app_module.TeacherCache())  # keep real teachers' entries apart
+    monkeypatch.setattr(common, "_ZOO", z)
+    monkeypatch.setattr(common, "TEACHER_CACHE", common.TeacherCache())  # keep real teachers' entries apart
     assert z.step_choices("mnist-binary") == [4]
     assert [k for k, _ in z.panels("mnist-binary")] == ["teacher", "teacher@4", "d-mmd-4s", "",
                                                         "teacher@16", "data"]  # no no-noise recipe for MNIST
@@ -395,7 +395,7 @@ def test_a_newly_shipped_discrete_student_gets_its_step_choice(monkeypatch):
     assert 1 in z.step_choices(TOKENS) and 2 in z.step_choices(TOKENS)
     assert [k for k, _ in z.panels(TOKENS, 1)][:5] == ["teacher", "teacher@1", "d-mmd-1s", "d-mmd-1s-no-noise",
                                                        "teacher@4"]
-    monkeypatch.setattr(app_module, "_ZOO", z)
+    monkeypatch.setattr(common, "_ZOO", z)
     *_, last = app_module.generate(TOKENS, "all", 0, 512, 1.0, "1", progress=lambda *a, **k: None)
     captions = last[6:12]
     assert "NFE 1 " in captions[1] and "NFE 1 " in captions[2] and TV.search(captions[2])

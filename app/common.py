@@ -1,0 +1,471 @@
+"""What every tab of the app shares: the shipped models (loaded once), the teacher cache, validation
+of numbers, and how a family's samples become a panel and a number.
+
+Thin: every number and figure comes from the library (``pdmd_lab.zoo``, ``metrics``, ``viz``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import math  # noqa: E402
+import threading  # noqa: E402
+from collections import OrderedDict  # noqa: E402
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+
+from app import live  # noqa: E402
+from pdmd_lab import metrics, viz, zoo  # noqa: E402
+from pdmd_lab.data import get_dataset  # noqa: E402
+from pdmd_lab.sampling import get_sampler  # noqa: E402
+
+FAMILIES = ("mnist", "ring-mix")  # preferred order; any other family with a teacher and a student follows
+SEED_MAX = 2**31 - 1
+MAX_SAMPLES = 64
+MAX_PAIR_SAMPLES = 8192  # token pairs (ring-mix-tokens): a joint histogram on 32 x 32 cells needs thousands
+DEFAULT_PAIR_SAMPLES = 2048
+MAX_CFG = 10.0
+MAX_DIVERSITY_N = 512
+MAX_CLASS_N = 128
+TEACHER_STEPS = 50
+TEACHER_CACHE_SIZE = 64
+# The six Compare panels: (key, title). "teacher" and "teacher@4" are the family's teacher at 50 / 4 steps.
+PANELS = (
+    ("teacher", "Teacher, 50 steps"),
+    ("teacher@4", "Teacher cut to 4 steps (no distillation)"),
+    ("dmd-1s", "DMD, 1 step"),
+    ("dmd2-sgts-4s", "DMD2-SGTS, 4 steps"),
+    ("phased-dmd-4s4p", "Phased DMD, 4 steps / 4 phases"),
+    ("dp-dmd-4s", "DP-DMD, 4 steps"),
+)
+# Hook for families whose students are named otherwise (e.g. the D-MMD discrete family): family ->
+# its six (key, title) panels. A family not listed here uses PANELS when it has any of their
+# students, else its teacher panels followed by its own shipped students in name order.
+FAMILY_PANELS: dict[str, tuple] = {}
+# Discrete families: the default D-MMD step count k (else the k with the most shipped students, the smallest
+# on a tie), and how a method's name reads in a panel title.
+DEFAULT_STEPS = {"ring-mix-tokens": 2}
+METHOD_TITLES = {"d-mmd": "D-MMD"}
+SAMPLER_API = ("sample", "with_steps", "num_classes", "shape", "nfe", "cfg")  # what Compare needs of a teacher
+STUDENTS = ("phased-dmd-4s4p", "phased-dmd-4s2p", "dmd2-sgts-4s", "dp-dmd-4s", "dmd-1s")
+DISTILL_METHODS = live.PRESETS  # label -> flat spec (method, steps, method options), as at import
+LAB_DEFAULTS = ("dmd-1s", "phased-dmd-4s4p")
+
+
+# Models ----------------------------------------------------------------------------------------
+
+def has_teacher(family: str, available) -> bool:
+    """Whether ``family`` has a teacher: a shipped one, or an exact masked-diffusion oracle
+    (``ring-mix-tokens/teacher``, which ``zoo.list_models`` does not list)."""
+    from pdmd_lab.discrete.evaluate import masked_spec
+
+    return f"{family}/teacher" in available or masked_spec(f"{family}/teacher", zoo.ASSETS) is not None
+
+
+def shipped_families(available=None) -> list[str]:
+    """Families with a teacher and at least one shipped student, ``FAMILIES`` first."""
+    available = set(zoo.list_models() if available is None else available)
+    fams = {n.split("/")[0] for n in available if n.count("/") == 1
+            and n.split("/")[1] not in ("teacher", "classifier")}
+    fams = {f for f in fams if has_teacher(f, available)}
+    return [f for f in FAMILIES if f in fams] + sorted(fams - set(FAMILIES))
+
+
+def _recipe_students(family: str) -> dict[str, dict]:
+    """``name -> recipe`` of the D-MMD students the discrete recipes define for ``family`` (shipped or not)."""
+    from pdmd_lab.discrete.recipes import RECIPES
+
+    return {n.split("/", 1)[1]: r for n, r in RECIPES.items()
+            if n.startswith(f"{family}/") and r.get("kind") == "student"}
+
+
+def _teacher_steps(family: str) -> int:
+    """The teacher's full step count: 50 Euler steps, or the discrete comparison's (``FULL_STEPS``, 100)."""
+    if _discrete(family):
+        from pdmd_lab.discrete.evaluate import FULL_STEPS
+
+        return FULL_STEPS
+    return TEACHER_STEPS
+
+
+def _student_title(method: str, steps: int, noise_dim) -> str:
+    title = f"{METHOD_TITLES.get(method, method)}, {steps} step{'s' if steps != 1 else ''}"
+    return title + (", without the noise input" if noise_dim == 0 else "")
+
+
+class Zoo:
+    """The shipped models, loaded once: ``models[family][key]`` and the notes about what is missing."""
+
+    def __init__(self, families=None):
+        self.models: dict[str, dict] = {}
+        self.notes: list[str] = []
+        self.classifiers: dict = {}
+        available = set(zoo.list_models())
+        if families is None:  # students shipped before their teacher (e.g. mnist-binary's): say so
+            with_students = {n.split("/")[0] for n in available if n.count("/") == 1
+                             and n.split("/")[1] not in ("teacher", "classifier")}
+            for family in sorted(with_students - set(shipped_families(available))):
+                self.notes.append(f"family **{family}** skipped: no teacher in assets/models")
+        for family in (shipped_families(available) if families is None else families):
+            if not has_teacher(family, available):
+                self.notes.append(f"family **{family}** skipped: no teacher in assets/models")
+                continue
+            try:  # masked-diffusion teachers: CFG 1 (zoo.load's default for them), full = evaluate's FULL_STEPS
+                loaded = {"teacher": zoo.load(f"{family}/teacher", steps=_teacher_steps(family))}
+            except Exception as e:  # a broken teacher folder: skip the family, keep the app up
+                self.notes.append(f"family **{family}** skipped: teacher failed to load ({e})")
+                continue
+            missing = [a for a in SAMPLER_API if not hasattr(loaded["teacher"], a)]
+            if missing:  # e.g. a family whose teacher is not a TeacherSampler yet
+                self.notes.append(f"family **{family}** skipped: its teacher lacks {', '.join(missing)}")
+                continue
+            shipped = sorted(n.split("/")[1] for n in available
+                             if n.startswith(f"{family}/") and n.count("/") == 1
+                             and n.split("/")[1] not in ("teacher", "classifier"))
+            expected = STUDENTS if family in FAMILIES else _recipe_students(family) if _discrete(family) else ()
+            for key in [k for k in expected if k not in shipped]:
+                self.notes.append(f"`{family}/{key}` is not built yet: its panel stays empty")
+            for key in shipped:
+                try:
+                    loaded[key] = zoo.load(f"{family}/{key}")
+                except Exception as e:
+                    self.notes.append(f"`{family}/{key}` failed to load ({e})")
+            self.models[family] = loaded
+            with torch.no_grad():  # warm-up: the first call of a network is slow; keep it out of the timings
+                for key, m in loaded.items():
+                    try:
+                        (m.with_steps(1) if key == "teacher" else m).sample([0])
+                    except Exception:  # a model that cannot sample one item still gets its panel's error
+                        pass
+            if _kind(family) == "image":
+                clf = zoo.ASSETS / family / "classifier"
+                if (clf / "config.json").exists():
+                    from pdmd_lab.embed import load_classifier
+
+                    self.classifiers[family] = load_classifier(clf)
+                else:
+                    self.notes.append(f"`{family}/classifier` missing: diversity uses raw pixels")
+
+    @property
+    def families(self) -> list[str]:
+        return list(self.models)
+
+    def family(self, family: str) -> dict:
+        if family not in self.models:
+            raise gr.Error(f"Unknown or unavailable family {family!r}; available: {', '.join(self.models) or 'none'}.")
+        return self.models[family]
+
+    def students(self, family: str) -> list[str]:
+        return [k for k in self.family(family) if k != "teacher"]
+
+    def continuous_families(self) -> list[str]:
+        """The families of the tabs besides Compare (flow-matching teachers: points and images)."""
+        return [f for f in self.models if not _discrete(f)]
+
+    def full_steps(self, family: str) -> int:
+        """The teacher's full step count (50 for flow matching, 100 for masked diffusion)."""
+        return int(self.family(family)["teacher"].num_steps)
+
+    def sampler(self, family: str, key: str, cfg: float | None = None):
+        """The model of ``key`` in ``family`` (teachers at ``cfg``), or None when it is not built."""
+        models = self.family(family)
+        if key.startswith("teacher"):
+            steps = int(key.split("@")[1]) if "@" in key else self.full_steps(family)
+            return models["teacher"].with_steps(steps, cfg)
+        return models.get(key)
+
+    def step_choices(self, family: str) -> list[int]:
+        """Discrete families: the step counts ``k`` of the shipped students (Compare's step choice); else []."""
+        if not _discrete(family):
+            return []
+        return sorted({int(self.family(family)[k].num_steps) for k in self.students(family)})
+
+    def default_steps(self, family: str) -> int | None:
+        choices = self.step_choices(family)
+        if not choices:
+            return None
+        if DEFAULT_STEPS.get(family) in choices:
+            return DEFAULT_STEPS[family]
+        count = {k: sum(int(self.models[family][s].num_steps) == k for s in self.students(family)) for k in choices}
+        return max(choices, key=lambda k: (count[k], -k))
+
+    def _students_at(self, family: str, steps: int) -> list[tuple[str, str, bool]]:
+        """``(key, title, has noise input)`` of the ``steps``-step students: shipped ones and the recipes' others."""
+        models = self.family(family)
+        out = {}
+        for key, r in _recipe_students(family).items():
+            if int(r["steps"]) == steps:
+                out[key] = (key, _student_title(r["method"], steps, r.get("noise_dim")), r.get("noise_dim") != 0)
+        for key in self.students(family):
+            m = models[key]
+            if int(m.num_steps) == steps:
+                noise = m.meta.get("options", {}).get("noise_dim")
+                out[key] = (key, _student_title(m.meta.get("method", key), steps, noise), noise != 0)
+        return list(out.values())
+
+    def panels(self, family: str, steps: int | None = None) -> tuple:
+        """The six Compare panels ``(key, title)`` of ``family`` (see ``FAMILY_PANELS``); discrete
+        families at ``steps`` (default :meth:`default_steps`): the teacher at full, ``k`` and ``4k`` steps,
+        the ``k``-step D-MMD student with and without its noise input, and data."""
+        if family in FAMILY_PANELS:
+            return tuple(FAMILY_PANELS[family])[:6]
+        models = self.family(family)
+        if _discrete(family):
+            k = self.default_steps(family) if steps is None else int(steps)
+            students = self._students_at(family, k)
+            noisy = [s[:2] for s in students if s[2]] or [("", _student_title("d-mmd", k, 1))]
+            plain = [s[:2] for s in students if not s[2]] or [("", _student_title("d-mmd", k, 0))]
+            full = self.full_steps(family)
+            return (("teacher", f"Teacher, {full} steps"),
+                    (f"teacher@{k}", f"Teacher cut to {k} step{'s' if k != 1 else ''} (no distillation)"),
+                    noisy[0], plain[0], (f"teacher@{4 * k}", f"Teacher, {4 * k} steps"), ("data", _data_title(family)))
+        if any(k in models for k, _ in PANELS[2:]):
+            return PANELS
+        own = [(k, k) for k in self.students(family)][:4]
+        return PANELS[:2] + tuple(own) + (("", "(no model)"),) * (4 - len(own))
+
+
+_ZOO: Zoo | None = None
+_ZOO_LOCK = threading.Lock()
+
+
+def get_zoo() -> Zoo:
+    global _ZOO
+    with _ZOO_LOCK:
+        if _ZOO is None:
+            _ZOO = Zoo()
+        return _ZOO
+
+
+class TeacherCache:
+    """Teacher outputs per request key, least recently used first out.
+
+    ``get_or_compute(key, fn)`` returns ``(value, cached)``. Two requests for one key at once compute
+    it once: the second waits for the first.
+    """
+
+    def __init__(self, maxsize: int = TEACHER_CACHE_SIZE):
+        self.maxsize = maxsize
+        self._data: OrderedDict = OrderedDict()
+        self._pending: dict = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def get_or_compute(self, key, fn):
+        while True:
+            with self._lock:
+                if key in self._data:
+                    self._data.move_to_end(key)
+                    return self._data[key], True
+                event = self._pending.get(key)
+                if event is None:
+                    event = self._pending[key] = threading.Event()
+                    break
+            event.wait()  # another request computes it; take its result (or compute it if that one failed)
+        try:
+            value = fn()
+            with self._lock:
+                self._data[key] = value
+                while len(self._data) > self.maxsize:
+                    self._data.popitem(last=False)
+            return value, False
+        finally:
+            with self._lock:
+                self._pending.pop(key, None)
+            event.set()
+
+
+TEACHER_CACHE = TeacherCache()
+
+
+# Validation and helpers --------------------------------------------------------------------------
+
+_int, _float = live._int, live._float  # one validation of numbers for both tabs
+
+
+def _labels(class_choice, n: int, num_classes: int) -> torch.Tensor:
+    if class_choice in (None, "", "all"):
+        return torch.arange(n) % num_classes
+    c = _int(class_choice, "class", 0, num_classes - 1)
+    return torch.full((n,), c, dtype=torch.long)
+
+
+def _noise(seed: int, n: int, shape) -> torch.Tensor:
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def _initial(model, seed: int, n: int) -> torch.Tensor:
+    """The seeded initial state of ``model``'s sampler: Gaussian noise (flow matching, equal to
+    :func:`_noise`) or all tokens masked (masked diffusion)."""
+    spec = get_sampler(getattr(model, "sampler", "euler"))
+    return spec.initial(model.shape, n, torch.Generator().manual_seed(seed), "cpu")
+
+
+def _sample_limits(family: str) -> tuple[int, int]:
+    """``(most, default)`` number of samples in Compare: thousands for token pairs (a joint histogram), else 64."""
+    ds = get_dataset(family)
+    if ds.kind == "tokens" and len(ds.shape) == 1:
+        return MAX_PAIR_SAMPLES, DEFAULT_PAIR_SAMPLES
+    return MAX_SAMPLES, 16
+
+
+def figure_array(fig) -> np.ndarray:
+    """A matplotlib Figure rendered to an RGB uint8 array."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _image_panel(family: str, title: str, x: torch.Tensor, labels, scale: int = 3) -> np.ndarray:
+    n = len(x)
+    grid = viz.image_grid_array(x, max(1, math.ceil(math.sqrt(n))))
+    return np.repeat(np.repeat(grid, scale, 0), scale, 1)  # nearest-neighbour upscale for the page
+
+
+def _points_panel(family: str, title: str, x: torch.Tensor, labels) -> np.ndarray:
+    return figure_array(viz.scatter_figure({title: (x, labels)}, get_dataset(family).gmm))
+
+
+def _tokens_panel(family: str, title: str, x: torch.Tensor, labels) -> np.ndarray:
+    """Masked-diffusion samples: the joint histogram of token pairs, or binary images as a grid."""
+    from pdmd_lab.discrete import viz as dviz
+    from pdmd_lab.discrete.metrics import to_images
+
+    if x.ndim == 2:
+        fig = dviz.joint_figure({"": (x, labels)}, family, true_joint=False)
+        fig.suptitle("")  # the panel's label names the model (and would hide a title at the top)
+        fig.axes[0].set_xlabel(f"joint of the two tokens, {len(x)} samples", fontsize=8)
+        fig.set_size_inches(3.6, 3.6)
+        return figure_array(fig)
+    return _image_panel(family, title, to_images(x), labels)
+
+
+def _empty_panel(size: int = 96) -> np.ndarray:
+    return np.full((size, size, 3), 235, dtype=np.uint8)
+
+
+# How a family's samples become a panel, by its dataset's ``kind``: ``RENDERERS[kind] = fn`` with
+# ``fn(family, title, samples, labels) -> (H, W, 3) uint8`` (the discrete D-MMD families: "tokens").
+RENDERERS = {"2d": _points_panel, "image": _image_panel, "tokens": _tokens_panel}
+
+
+def _kind(family: str) -> str | None:
+    try:
+        return get_dataset(family).kind
+    except Exception:  # a family whose data the dataset registry does not know
+        return None
+
+
+def _discrete(family: str) -> bool:
+    """Masked-diffusion families (D-MMD): Compare only, with a step choice."""
+    return _kind(family) == "tokens"
+
+
+def _panel(family: str, title: str, x, labels) -> np.ndarray:
+    render = RENDERERS.get(_kind(family))
+    if render is None:
+        raise gr.Error(f"No panel renderer for family {family!r} (data kind {_kind(family)!r}); "
+                       f"register one in app.common.RENDERERS.")
+    return render(family, title, x, labels)
+
+
+def _diversity(x: torch.Tensor) -> float | None:
+    if not isinstance(x, torch.Tensor) or len(x) < 2:
+        return None
+    return metrics.pairwise_distance(x.reshape(len(x), -1).float())
+
+
+def _diversity_line(family: str, x, labels) -> str:
+    div = _diversity(x)
+    return f"pairwise diversity {'n/a (1 sample)' if div is None else f'{div:.3f}'}"
+
+
+def _token_joint(family: str):
+    """The exact joint of a token family (:data:`pdmd_lab.discrete.teacher.ORACLES`), or None."""
+    from pdmd_lab.discrete.teacher import ORACLES
+
+    return ORACLES[family](get_dataset(family).vocab_size) if family in ORACLES else None
+
+
+def token_tv(family: str, x: torch.Tensor, labels) -> float:
+    """Exact TV of the samples' joint histogram to the true joint, per class, weighted by class counts."""
+    from pdmd_lab.discrete.metrics import joint_distances
+
+    return joint_distances(x, labels, _token_joint(family))["tv"]
+
+
+def _tokens_line(family: str, x, labels) -> str:
+    """Token pairs with an exact joint: the TV to it; binary images: the Hamming diversity."""
+    from pdmd_lab.discrete.metrics import hamming_diversity
+
+    if _token_joint(family) is not None:
+        return f"TV to the true joint **{token_tv(family, x, labels):.3f}** (lower is better)"
+    return f"Hamming diversity {'n/a (1 sample)' if len(x) < 2 else f'{hamming_diversity(x):.3f}'}"
+
+
+# The number under each Compare panel, by the dataset's ``kind``: ``fn(family, samples, labels) -> str``.
+MEASURES = {"2d": _diversity_line, "image": _diversity_line, "tokens": _tokens_line}
+
+
+def _measure(family: str, x, labels) -> str:
+    return MEASURES.get(_kind(family), _diversity_line)(family, x, labels)
+
+
+def tv_floor(family: str, labels) -> float | None:
+    """The TV that exact draws give at these labels' class counts (sampling noise alone), or None."""
+    from pdmd_lab.discrete.metrics import tv_noise_floor
+
+    joint = _token_joint(family)
+    if joint is None:
+        return None
+    labels = torch.as_tensor(labels)
+    counts = {int(c): int((labels == c).sum()) for c in torch.unique(labels)}
+    return sum(tv_noise_floor(joint.table(c), m) * m for c, m in counts.items()) / len(labels)
+
+
+def _data_title(family: str) -> str:
+    return ("Data: exact draws from the true joint" if _token_joint(family) is not None
+            else "Data: training samples")
+
+
+def data_samples(family: str, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Data of the labels' classes (exact draws for the toy), seeded: the reference panel of discrete families."""
+    ds = get_dataset(family)
+    g = torch.Generator().manual_seed(int(seed))
+    out = torch.empty((len(labels), *ds.shape), dtype=torch.long)
+    for c in torch.unique(labels).tolist():
+        rows = torch.nonzero(labels == c)[:, 0]
+        out[rows] = ds.sample(len(rows), seed=g, labels=int(c))[0].long()
+    return out
+
+
+def _continuous_family(z: Zoo, family: str) -> None:
+    """The tabs besides Compare take flow-matching families only."""
+    z.family(family)
+    if _discrete(family):
+        raise gr.Error(f"{family!r} is a discrete (masked-diffusion) family: it is shown in the Compare tab only; "
+                       f"here choose one of: {', '.join(z.continuous_families()) or 'none'}.")
+
+
+def _safe(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as e:  # re-raised in the request's thread
+        return e
+
