@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from pdmd_lab import io
+from pdmd_lab import io, safety
 
 
 def _command_line() -> str:
@@ -29,13 +29,15 @@ def cmd_train_teacher(a) -> None:
 
         cfg = MaskedTeacherConfig(data=a.data, iters=a.iters, seed=a.seed, batch_size=a.batch_size or 64,
                                   lr=a.lr or 1e-3, checkpoint_every=a.checkpoint_every)
-        print(f"teacher written to {train_masked_teacher(cfg, a.out, resume=not a.restart, command=_command_line())}")
+        out = safety.run_folder(a.out, "masked-teacher-train-state", restart=a.restart, overwrite=a.overwrite)
+        print(f"teacher written to {train_masked_teacher(cfg, out, resume=not a.restart, command=_command_line())}")
         return
     defaults = {"batch_size": 256, "lr": 1e-3} if a.data not in ("mnist", "digits") else {"batch_size": 64, "lr": 1e-3}
     cfg = TeacherConfig(data=a.data, iters=a.iters, seed=a.seed,
                         batch_size=a.batch_size or defaults["batch_size"], lr=a.lr or defaults["lr"],
                         checkpoint_every=a.checkpoint_every)
-    out = train_teacher(cfg, a.out, resume=not a.restart, command=_command_line())
+    out = safety.run_folder(a.out, "teacher-train-state", restart=a.restart, overwrite=a.overwrite)
+    out = train_teacher(cfg, out, resume=not a.restart, command=_command_line())
     print(f"teacher written to {out}")
 
 
@@ -45,10 +47,7 @@ def cmd_sample(a) -> None:
     from pdmd_lab import viz, zoo
     from pdmd_lab.data import get_dataset
 
-    if a.cfg is not None and a.cfg < 0:
-        raise ValueError(f"--cfg must be >= 0, got {a.cfg}")
-    if a.steps is not None and a.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {a.steps}")
+    safety.output_file(a.out, overwrite=a.overwrite, suffixes=FIGURE_SUFFIXES)
     model = zoo.load(a.model, steps=a.steps, cfg=a.cfg, strict=True)
     if a.label is not None and not 0 <= a.label < model.num_classes:
         raise ValueError(f"--label must be in [0, {model.num_classes - 1}], got {a.label}")
@@ -58,8 +57,11 @@ def cmd_sample(a) -> None:
     if get_dataset(model.dataset).kind == "tokens":  # masked diffusion (pdmd_lab.discrete)
         from pdmd_lab.discrete.viz import samples_figure as figure
     fig = figure(x, labels, dataset=model.dataset, title=f"{a.model}: {model.describe()}, NFE {model.nfe}")
-    fig.savefig(a.out, dpi=120, bbox_inches="tight")
+    fig.savefig(safety.make_parent(a.out), dpi=120, bbox_inches="tight")
     print(f"wrote {a.out}")
+
+
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def cmd_distill(a) -> None:
@@ -67,7 +69,11 @@ def cmd_distill(a) -> None:
     from pdmd_lab.recipes import get_recipe
 
     flat: dict = {}
-    if a.recipe:
+    if a.resume and not a.recipe:  # the run's recorded settings; flags given must agree (checked on resume)
+        from pdmd_lab.distill.trainer import recorded_flat
+
+        flat = recorded_flat(safety.output_folder(a.out, resume=True, run_kind="distill-train-state"))
+    elif a.recipe:
         flat = get_recipe(a.recipe)
         if flat.pop("kind") != "student":
             raise ValueError(f"recipe {a.recipe!r} does not build a student; use train-teacher / train-classifier")
@@ -82,9 +88,8 @@ def cmd_distill(a) -> None:
     flat.update(apply_cli(vars(a), flat))  # diffusers:PATH teachers: --prompts, LoRA... into `net`
     flat.setdefault("steps", 1 if flat.get("method") == "dmd" else 4)
     cfg = DistillConfig.from_flat(**flat)
-    out = Path(a.out)
-    if (out / "train_state").exists() and not a.resume:
-        raise ValueError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    out = safety.output_folder(a.out, resume=a.resume, run_kind="distill-train-state", overwrite=a.overwrite,
+                               resume_hint="--resume")  # new, empty, or the run being resumed
     d = build_distiller(cfg, out, command=_command_line())
     d.train()
     if d.accelerator.is_main_process:
@@ -94,9 +99,11 @@ def cmd_distill(a) -> None:
 def cmd_recipes(a) -> None:
     from pdmd_lab.recipes import RECIPES, describe
 
-    for name in RECIPES:
-        if a.filter is None or a.filter in name:
-            print(describe(name))
+    names = [name for name in RECIPES if a.filter is None or a.filter in name]
+    if not names:
+        raise ValueError(f"no recipe name contains {a.filter!r}; `pdmd-lab recipes` lists them all")
+    for name in names:
+        print(describe(name))
 
 
 _DISTILL_FIELDS = {"teacher", "method", "steps", "shift", "cfg", "iters", "batch_size", "lr_generator", "lr_fake",
@@ -157,7 +164,17 @@ def cmd_study(a) -> None:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ValueError(f"--set expects key=value, got {item!r}")
-            overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+            try:
+                overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tfn" else value
+            except ValueError:
+                overrides[key] = value  # a string; the recipe's field types check it below
+        from pdmd_lab.recipes import student_config
+
+        for row in rows:  # every --set applies to every student row: checked before any run
+            if "@" not in row:
+                student_config(row, **overrides)
+        if not (Path(a.out) / "study.json").is_file():  # new, empty, or a study being continued
+            safety.output_folder(a.out)
         res = study.run_study(rows, study.parse_seeds(a.seeds), Path(a.out), n=a.n, jobs=a.jobs, overrides=overrides)
     print(study.summary_markdown(res))
     print(f"wrote {a.out}/runs.jsonl, runs.csv, summary.json, summary.md, summary.png")
@@ -166,7 +183,8 @@ def cmd_study(a) -> None:
 def cmd_train_classifier(a) -> None:
     from pdmd_lab.embed import ClassifierConfig, train_classifier
 
-    out = train_classifier(ClassifierConfig(data=a.data, iters=a.iters, seed=a.seed), a.out)
+    cfg = ClassifierConfig(data=a.data, iters=a.iters, seed=a.seed)
+    out = train_classifier(cfg, safety.output_folder(a.out, overwrite=a.overwrite))
     print(f"classifier written to {out} (held-out accuracy {io.read_config(out)['heldout_accuracy']:.4f})")
 
 
@@ -205,12 +223,16 @@ def cmd_figures(a) -> None:
     from pdmd_lab import viz
     from pdmd_lab.data import get_dataset
 
-    out = Path(a.out)
+    out, ds = Path(a.out), get_dataset(a.family)
+    safety.check_label(a.label, ds.num_classes)
+    name = (f"per_exit_{a.family}.json" if a.per_exit else f"{a.family}_steps.png" if ds.kind == "tokens" and
+            len(ds.shape) == 1 else f"{a.family}_class{a.label}.png" if ds.kind == "tokens" else
+            f"{a.family}_methods_class{a.label}.png" if ds.kind == "image" else f"{a.family}_methods_scatter.png")
+    safety.output_files(out, [name], overwrite=a.overwrite)  # before any sampling
     out.mkdir(parents=True, exist_ok=True)
     if a.per_exit:
         _per_exit_figures(a, out)
         return
-    ds = get_dataset(a.family)
     if ds.kind == "tokens":  # masked diffusion: the k-step teacher, D-MMD and its no-noise ablation per k
         _discrete_figures(a, out)
         return
@@ -288,6 +310,7 @@ def _per_exit_figures(a, out: Path) -> None:
     models = [m for m in (a.models or "").split(",") if m] or [n for n in shipped if zoo.load(n).num_steps > 1]
     if not models:
         raise ValueError(f"no multi-step students to show for family {a.family!r}")
+    safety.output_files(out, [f"per_exit_{m.replace('/', '_')}.png" for m in models], overwrite=a.overwrite)
     table = {}
     for name in models:
         student = zoo.load(name)
@@ -309,6 +332,8 @@ def cmd_evaluate(a) -> None:
     from pdmd_lab.discrete import evaluate as discrete
 
     names = [m for m in a.models.split(",") if m]
+    if a.out is not None:
+        safety.output_files(a.out, ["metrics.json", "metrics.md"], overwrite=a.overwrite)
     if any(discrete.is_discrete(m) for m in names):  # masked-diffusion models: exact joint / binarised metrics
         print(discrete.markdown_table(discrete.evaluate_discrete(names, n=a.n, seed=a.seed,
                                                                  out=Path(a.out) if a.out else None)))
@@ -321,14 +346,15 @@ def cmd_evaluate(a) -> None:
 def cmd_bench(a) -> None:
     from pdmd_lab import bench
 
+    if a.out is not None:
+        safety.output_files(a.out, ["bench.json", "bench.md"], overwrite=a.overwrite)
     res = bench.bench(quick=a.quick, out=Path(a.out) if a.out else None)
     print(bench.bench_markdown(res))
 
 
 def default_threads() -> int:
-    if os.environ.get("PDMD_THREADS"):
-        return int(os.environ["PDMD_THREADS"])
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+    env = safety.env_threads()  # $PDMD_THREADS, checked
+    return env if env is not None else max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def set_threads(n: int | None) -> None:
@@ -336,7 +362,7 @@ def set_threads(n: int | None) -> None:
 
     n = default_threads() if n is None else n
     if n < 1:
-        raise SystemExit(f"pdmd-lab: error: --threads must be >= 1, got {n}")
+        raise ValueError(f"--threads must be >= 1, got {n}")
     torch.set_num_threads(n)
 
 
@@ -361,8 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--checkpoint-every", type=int, default=500)
-    s.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
-    s.add_argument("--out", required=True)
+    s.add_argument("--restart", action="store_true", help="start the teacher run in --out again (only a folder "
+                   "this kit wrote)")
+    s.add_argument("--overwrite", action="store_true", help="replace the model folder in --out (only a folder "
+                   "this kit wrote)")
+    s.add_argument("--out", required=True, help="a new or empty folder, or a teacher run to continue")
     s.set_defaults(func=cmd_train_teacher)
 
     s = sub.add_parser("sample", help="sample a teacher or student and write a grid / scatter figure")
@@ -372,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--label", type=int, default=None, help="one class for all samples (default: cycle classes)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default="samples.png")
+    s.add_argument("--out", default="runs/samples.png", help="figure file (.png, .pdf, .svg, .jpg; its folder "
+                   "is created; an existing file is kept unless --overwrite)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("distill", help="distill a teacher into a few-step student (resumable)")
@@ -397,7 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     from pdmd_lab.backbones.distill import add_cli_arguments
 
     add_cli_arguments(s)
-    s.add_argument("--resume", action="store_true", help="continue the run in --out")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out (a larger --iters extends "
+                   "a finished run of a method without phases)")
+    s.add_argument("--overwrite", action="store_true", help="replace the run or model folder in --out (only a "
+                   "folder this kit wrote)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_distill)
 
@@ -421,7 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="mnist")
     s.add_argument("--iters", type=int, default=2000)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True)
+    s.add_argument("--overwrite", action="store_true", help="replace the classifier folder in --out (only a "
+                   "folder this kit wrote)")
+    s.add_argument("--out", required=True, help="a new or empty folder")
     s.set_defaults(func=cmd_train_classifier)
 
     s = sub.add_parser("build-zoo", help="rebuild the shipped models in assets/models (resumable)")
@@ -435,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", required=True, help="comma-separated zoo names or folders (one family)")
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default=None, help="folder for metrics.json and metrics.md")
+    s.add_argument("--out", default=None, help="folder for metrics.json and metrics.md (kept unless --overwrite)")
+    s.add_argument("--overwrite", action="store_true", help="replace metrics.json and metrics.md in --out")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("figures", help="comparison figure of the shipped models of a family")
@@ -443,7 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label", type=int, default=3, help="class of the image grid")
     s.add_argument("--n", type=int, default=8, help="samples per row (images)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default="assets/figures")
+    s.add_argument("--out", default="runs/figures", help="folder for the figures (created; existing figures "
+                   "are kept unless --overwrite)")
+    s.add_argument("--overwrite", action="store_true", help="replace figures of the same name in --out")
     s.add_argument("--per-exit", action="store_true", help="per exit step / expert: where collapse comes from")
     s.add_argument("--models", default=None, help="--per-exit: comma-separated students (default: the family's)")
     s.add_argument("--n-points", type=int, default=2000, help="--per-exit and the two-token toy: samples per panel")
@@ -451,16 +490,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="sampling speed and training memory, measured in one process")
     s.add_argument("--quick", action="store_true")
-    s.add_argument("--out", default=None)
+    s.add_argument("--out", default=None, help="folder for bench.json and bench.md (kept unless --overwrite)")
+    s.add_argument("--overwrite", action="store_true", help="replace bench.json and bench.md in --out")
     s.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    try:  # environment variables (PDMD_PLUGINS is read while building the parser) as one line, exit 2
+        safety.check_environment()
+        parser = build_parser()
+    except ValueError as e:
+        print(f"pdmd-lab: error: {e}", file=sys.stderr)
+        return 2
     a = parser.parse_args(argv)
-    set_threads(a.threads)
     try:
+        safety.check_args(a)  # every number finite and in range, before any work
+        set_threads(a.threads)
         a.func(a)
     except ValueError as e:
         print(f"pdmd-lab {a.command}: error: {e}", file=sys.stderr)

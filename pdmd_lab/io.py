@@ -25,8 +25,19 @@ CONFIG = "config.json"
 
 @contextmanager
 def atomic_folder(path: str | os.PathLike):
-    """Yield a temporary folder; on success it replaces ``path`` in one rename (old one removed after)."""
+    """Yield a temporary folder; on success it replaces ``path`` in one rename (old one removed after).
+
+    Only an empty folder or one the kit wrote (:func:`pdmd_lab.safety.kit_kind`, nothing else in it) is
+    replaced: a file, or a folder holding anything else, raises ValueError before anything is written.
+    """
+    from pdmd_lab import safety
+
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{str(path)!r} is an existing file; the kit does not replace it with a folder")
+    if path.is_dir() and any(path.iterdir()) and safety.foreign_entries(path):
+        raise ValueError(f"{str(path)!r} holds {safety.describe_folder(path)}, which the kit did not write; "
+                         f"it is left as it is")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -199,3 +210,24 @@ def save_weights_file(path, state: dict[str, torch.Tensor]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
     os.replace(tmp, path)
+
+
+def truncate_log(path, last_iter: int) -> None:
+    """Keep the records of a ``log.jsonl`` up to iteration ``last_iter`` (where a resumed run restarts), so
+    every iteration is logged once; the file is rewritten atomically, and only when something is dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if not isinstance(rec, dict) or rec.get("iter", 0) <= last_iter:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)

@@ -157,6 +157,13 @@ def train_denoiser(config, net: nn.Module, out: str | Path, *, kind: str, loss_f
             raise ValueError(f"cannot resume: {state_dir} is not a {kind} run on {config.data!r}")
         if st_cfg["config"]["net"] != json.loads(json.dumps(config.net)):
             raise ValueError(f"cannot resume: {state_dir} was trained with another network config")
+        mine = json.loads(json.dumps(asdict(config)))
+        for key in sorted(set(mine) - {"iters", "checkpoint_every", "net"}):  # --seed, --lr... must not change
+            if key in st_cfg["config"] and st_cfg["config"][key] != mine[key]:
+                raise ValueError(f"cannot resume {out}: it was trained with {key}={st_cfg['config'][key]!r}, not "
+                                 f"{mine[key]!r} (pass --overwrite to start it again)")
+        if st_cfg["step"] > config.iters:
+            raise ValueError(f"cannot resume {out} with --iters {config.iters}: it has already run {st_cfg['step']}")
         tensors = io.read_tensors(state_dir, "state")
         io.load_weights(net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, str(state_dir))
         io.load_weights(ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, str(state_dir))
@@ -169,6 +176,8 @@ def train_denoiser(config, net: nn.Module, out: str | Path, *, kind: str, loss_f
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (start + i + 1) / max(1, config.warmup)))
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
+    if accelerator.is_main_process:  # iterations logged after the checkpoint we resume from are run again
+        io.truncate_log(log_path, start)
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters, disable=not progress,
                desc=f"{kind} {config.data}")
     t0 = time.time()
@@ -180,7 +189,9 @@ def train_denoiser(config, net: nn.Module, out: str | Path, *, kind: str, loss_f
         x0, labels = x0.to(accelerator.device), labels.to(accelerator.device)
         loss = loss_fn(net, x0, labels, g).mean()
         if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite teacher loss at iteration {it}; last good checkpoint kept in {out}")
+            kept = (f"the last checkpoint (iteration {io.read_config(state_dir)['step']}) in {out} is intact"
+                    if (state_dir / "config.json").is_file() else "no checkpoint was written")
+            raise RuntimeError(f"non-finite teacher loss at iteration {it}; {kept}")
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)

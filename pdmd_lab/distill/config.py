@@ -33,6 +33,18 @@ class DistillConfig:
     net: dict = field(default_factory=dict)  # oracle teachers: network config (default: the dataset's MLP)
 
     def __post_init__(self):
+        from pdmd_lab import safety
+
+        safety.check_field_types(self)  # e.g. iters="abc" from a recipe override
+        for name in ("options", "net"):  # every float finite: --dp-lambda inf, --noise-gain nan, --lora-alpha inf
+            safety.check_finite_tree(getattr(self, name), "")
+        for name in ("cfg", "shift", "lr_generator", "lr_fake", "grad_clip"):
+            safety.check_number(name, float(getattr(self, name)))
+        for name in ("lr_generator", "lr_fake", "grad_clip"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.init_iters < 1:
+            raise ValueError(f"init_iters must be >= 1, got {self.init_iters}")
         if self.cfg < 0:
             raise ValueError(f"cfg must be >= 0, got {self.cfg}")
         for name in ("iters", "batch_size", "fake_updates_per_generator_update", "checkpoint_every", "log_every"):

@@ -54,6 +54,11 @@ def register_method(cls: type["Method"]) -> type["Method"]:
         raise ValueError(f"method class {cls.__name__} needs a non-empty `name`")
     if not (dataclasses.is_dataclass(cls.Options)):
         raise ValueError(f"{cls.__name__}.Options must be a dataclass")
+    old = METHODS.get(cls.name)
+    same = old is not None and (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
+    if old is not None and not same and not cls.__dict__.get("replaces", False):
+        raise ValueError(f"method name {cls.name!r} is taken by {old.__module__}.{old.__qualname__}; set "
+                         f"`replaces = True` on {cls.__qualname__} to replace it, or choose another name")
     METHODS[cls.name] = cls
     return cls
 
@@ -62,11 +67,12 @@ def load_plugins() -> None:
     """Import the modules that register methods: the kit's optional parts, the modules named in
     ``$PDMD_PLUGINS`` (comma-separated) and the ``pdmd_lab.plugins`` entry points of installed packages."""
     import importlib
-    import os
     from importlib.metadata import entry_points
 
+    from pdmd_lab import safety
+
     names = ["pdmd_lab.discrete", "pdmd_lab.backbones"]
-    names += [n.strip() for n in os.environ.get("PDMD_PLUGINS", "").split(",") if n.strip()]
+    names += safety.env_plugins()  # $PDMD_PLUGINS, checked
     for name in names:
         try:
             importlib.import_module(name)
@@ -76,6 +82,12 @@ def load_plugins() -> None:
             if not name.startswith("pdmd_lab."):
                 raise ValueError(f"cannot import plugin module {name!r} named in PDMD_PLUGINS: {e}") from None
             raise
+        except Exception as e:  # a plugin that fails while importing: one line naming it
+            if name.startswith("pdmd_lab."):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ValueError(f"plugin module {name!r} named in PDMD_PLUGINS failed to import: "
+                             f"{type(e).__name__}: {first}") from None
     for ep in entry_points(group="pdmd_lab.plugins"):
         ep.load()
 

@@ -151,9 +151,15 @@ class Distiller:
         self.accelerator.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], self.config.grad_clip)
         opt.step()
 
+    def _checkpoint_note(self) -> str:
+        """``; the last checkpoint (iteration N) in OUT is intact``, only when there is one."""
+        st = read_train_state(self.out) if self.out is not None else None
+        return f"; the last checkpoint (iteration {st['iter']}) in {self.out} is intact" if st else \
+            "; no checkpoint was written"
+
     def _check(self, loss: torch.Tensor, name: str) -> None:
         if not torch.isfinite(loss):
-            where = f"; the last good checkpoint in {self.out} is intact" if self.out else ""
+            where = self._checkpoint_note() if self.out else ""
             name = "fake-score" if name == "critic" and self.method.teacher_kind == "continuous" else name
             raise RuntimeError(f"non-finite {name} loss at iteration {self.it} (phase {self.phase + 1}){where}")
 
@@ -210,8 +216,7 @@ class Distiller:
         critic = self.critic_module
         for name, module in [("student", self.student), ("fake score", critic)]:
             if not all(torch.isfinite(p).all() for p in module.parameters()):
-                raise RuntimeError(f"non-finite {name} weights at iteration {self.it}; the last good checkpoint"
-                                   f" in {self.out} is intact")
+                raise RuntimeError(f"non-finite {name} weights at iteration {self.it}{self._checkpoint_note()}")
         tensors: dict[str, torch.Tensor] = {}
         for k, e in enumerate(self.student.experts):
             tensors.update({f"expert_{k}.{n}": v for n, v in e.state_dict().items()})
@@ -234,16 +239,7 @@ class Distiller:
         st = read_train_state(self.out)
         if st is None:
             return None
-        mine, theirs = asdict(self.config), st["config"]
-        keys = ["teacher", "method", "steps", "options", "cfg", "shift", "batch_size", "net"]
-        if self.method.num_phases > 1:
-            keys.append("iters")  # the phase split depends on it; one-phase methods may resume to train longer
-        elif st["iter"] > self.config.iters:
-            raise ValueError(f"cannot resume {self.out}: it has already run {st['iter']} > iters={self.config.iters}")
-        for key in keys:
-            if json.loads(json.dumps(mine[key])) != theirs.get(key):
-                raise ValueError(f"cannot resume {self.out}: it was trained with {key}={theirs.get(key)!r}, "
-                                 f"not {mine[key]!r}")
+        check_resume(self.config, st, self.out)
         st["tensors"] = io.read_tensors(self.out / "train_state", "state")
         return st
 
@@ -255,6 +251,8 @@ class Distiller:
         io.unflatten_optimizer(_raw(self.opt_generator), t, st["opt_generator"], "optgen")
         io.unflatten_optimizer(_raw(self.opt_critic), t, st["opt_fake"], "optfake")
         self.it, self.wall = st["iter"], st["wall_time_s"]
+        if self.accelerator.is_main_process:  # a run killed after its last checkpoint logged iterations past it
+            io.truncate_log(self.out / "log.jsonl", self.it)
 
 
 def _raw(opt):
@@ -263,6 +261,77 @@ def _raw(opt):
 
 def _part(tensors: dict, prefix: str) -> dict:
     return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+# Resuming ------------------------------------------------------------------------------------------
+
+_RESUME_FREE = ("iters", "checkpoint_every", "log_every")  # may change on resume (iters: one-phase methods)
+
+
+def normalise_teacher_spec(spec: str) -> str:
+    """A teacher spec with its path made absolute (``diffusers:tiny-sd3`` == ``diffusers:/abs/tiny-sd3``,
+    ``zoo:mnist/teacher`` == the shipped folder), so a resume compares what is meant, not how it is written."""
+    spec = str(spec)
+    if spec.startswith("oracle:"):
+        return spec
+    if spec.startswith("zoo:"):
+        from pdmd_lab.zoo import resolve
+
+        spec = resolve(spec)
+    prefix, sep, rest = spec.partition(":")
+    if sep and len(prefix) > 1 and not Path(spec).exists():  # a registered spec such as diffusers:PATH
+        return f"{prefix}:{os.path.abspath(rest)}" if Path(rest).exists() else spec
+    return os.path.abspath(spec) if Path(spec).exists() else spec
+
+
+def _normalised(config_dict: dict) -> dict:
+    """A run config as compared on resume: JSON types, teacher path absolute, method options complete."""
+    d = json.loads(json.dumps(config_dict))
+    d["teacher"] = normalise_teacher_spec(d["teacher"])
+    try:  # the method's options with their defaults filled in: --noise-gain 100 equals leaving it out
+        d["options"] = io.json_ready(DistillConfig.from_flat(**{**d, "options": d.get("options") or {}})
+                                     .build_method().options)
+    except (ValueError, TypeError):
+        pass
+    if isinstance(d.get("net"), dict) and isinstance(d["net"].get("prompts"), str) and d["net"]["prompts"]:
+        d["net"]["prompts"] = os.path.abspath(d["net"]["prompts"])
+    return d
+
+
+def check_resume(config: DistillConfig, st: dict, out) -> None:
+    """Refuse resuming ``out`` with settings other than the recorded ones, naming the first difference.
+
+    Every setting must equal the recorded one (paths normalised, method options with defaults filled in),
+    ``--seed`` included, except ``checkpoint_every`` / ``log_every``, and ``iters``: a method without
+    phases may train longer (a larger ``--iters`` extends even a finished run); with phases the split of
+    the iterations over the phases depends on it, so it cannot change.
+    """
+    mine, theirs = _normalised(asdict(config)), _normalised(st["config"])
+    for key in mine:
+        if key in _RESUME_FREE or key not in theirs:
+            continue
+        if mine[key] != theirs[key]:
+            a, b = theirs[key], mine[key]
+            if isinstance(a, dict) and isinstance(b, dict):  # name the differing entry of options / net
+                k = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+                key, a, b = f"{key}.{k}", a.get(k), b.get(k)
+            raise ValueError(f"cannot resume {out}: it was trained with {key}={a!r}, not {b!r} (leave the option "
+                             f"out to keep the recorded value)")
+    if config.iters != theirs["iters"] and config.build_method().num_phases > 1:
+        raise ValueError(f"cannot resume {out} with --iters {config.iters}: it was trained with iters="
+                         f"{theirs['iters']} split over {config.build_method().num_phases} phases, and the split "
+                         f"cannot change (distill a new run, or keep --iters {theirs['iters']})")
+    if st["iter"] > config.iters:
+        raise ValueError(f"cannot resume {out} with --iters {config.iters}: it has already run {st['iter']} "
+                         f"iterations")
+
+
+def recorded_flat(out) -> dict:
+    """The flat settings a run in ``out`` was started with (what ``distill --resume`` starts from)."""
+    st = read_train_state(out)
+    if st is None:
+        raise ValueError(f"--resume: {str(out)!r} holds no run to resume")
+    return DistillConfig(**st["config"]).flat()
 
 
 def read_train_state(out) -> dict | None:
@@ -283,7 +352,9 @@ SHIPPED_INITS = Path(__file__).resolve().parents[2] / "assets" / "init"
 
 def cache_dir() -> Path:
     """Where fitted starting nets are kept: ``$PDMD_CACHE`` or ``~/.cache/pdmd_lab``."""
-    return Path(os.environ.get("PDMD_CACHE", Path.home() / ".cache" / "pdmd_lab"))
+    from pdmd_lab import safety
+
+    return safety.env_cache()
 
 
 def oracle_init_net(teacher_spec: str, teacher, net_cfg: dict, dataset, iters: int, seed: int, *,
