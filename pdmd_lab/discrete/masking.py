@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from pdmd_lab.data import _check_tokens as check_tokens  # noqa: F401  (one validator for tokens)
+
 NEG = -1e4  # logit of the impossible tokens at a visible position (finite: 0 * NEG stays 0)
 
 
@@ -69,21 +71,6 @@ def step_times(k: int) -> torch.Tensor:
 
 
 # Tokens ----------------------------------------------------------------------------------------
-
-def check_tokens(x: torch.Tensor, vocab_size: int, *, allow_mask: bool = False, name: str = "tokens") -> torch.Tensor:
-    """``x`` as a long tensor of tokens in ``0..V-1`` (``0..V`` with ``allow_mask``); one-line ValueError otherwise."""
-    x = torch.as_tensor(x)
-    if x.dtype.is_floating_point or x.dtype == torch.bool or x.dtype.is_complex:
-        raise ValueError(f"{name} must be integer tokens, got dtype {x.dtype}")
-    if x.ndim < 2:
-        raise ValueError(f"{name} must have shape (B, *S), got {tuple(x.shape)}")
-    top = vocab_size if allow_mask else vocab_size - 1
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) > top):
-        what = f"0..{vocab_size - 1} or the mask {vocab_size}" if allow_mask else f"0..{vocab_size - 1}"
-        raise ValueError(f"{name} must lie in {what} (vocabulary size {vocab_size}), "
-                         f"got values in [{int(x.min())}, {int(x.max())}]")
-    return x.long()
-
 
 def all_masked(batch: int, shape, vocab_size: int, device=None) -> torch.Tensor:
     """The sampler's start ``z_1``: every position holds the mask token ``V``."""
