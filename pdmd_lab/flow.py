@@ -105,10 +105,12 @@ def transition_coefficients(s: Time, t: Time) -> tuple[Time, Time]:
     """Coefficients of ``x_t = a x_s + b eps``, Phased DMD Eq. 2.
 
     ``a = alpha_t / alpha_s = (1 - t) / (1 - s)`` and ``b^2 = sigma_t^2 - a^2 sigma_s^2 = t^2 - a^2 s^2``.
-    Requires ``0 <= s <= t <= 1`` and ``s < 1``.
+    Requires ``0 <= s <= t <= 1`` and ``s < 1``. ``b^2`` is computed as the equal product
+    ``(t - s) (t + a s) / (1 - s)`` (since ``t - a s = (t - s) / (1 - s)``), which has no cancellation
+    as ``t -> s``.
     """
     a = (1 - t) / (1 - s)
-    b2 = t**2 - a**2 * s**2
+    b2 = (t - s) * (t + a * s) / (1 - s)
     b = torch.sqrt(torch.clamp(b2, min=0)) if isinstance(b2, torch.Tensor) else math.sqrt(max(b2, 0.0))
     return a, b
 
@@ -144,11 +146,20 @@ def subinterval_loss_weight(s: Time, t: Time) -> Time:
 def xs_from_velocity(x_t: torch.Tensor, v: torch.Tensor, s: Time, t: Time) -> torch.Tensor:
     """Tweedie estimate of ``x_s`` through the transition (DESIGN §2): ``(x_t - b^2 eps_hat / t) / a``.
 
-    ``eps_hat = x_t + (1 - t) v``. At ``s = 0`` it equals :func:`x0_from_velocity`.
+    ``eps_hat = x_t + (1 - t) v``. Dividing by ``a = (1 - t) / (1 - s)`` loses every digit as ``t -> 1``
+    (and is 0 / 0 at ``t = 1``), so the same expression is used multiplied out:
+    ``x_s_hat = ((1 - s) + a s^2 / t) x_t - ((1 - s) b^2 / t) v``, with the coefficients computed in
+    float64. It is finite for every ``t`` in ``(0, 1]`` (at ``t = 1``: ``(1 - s)(x_t - v)``), and at
+    ``s = 0`` it is exactly :func:`x0_from_velocity`, ``x_t - t v``.
     """
-    a, b = transition_coefficients(s, t)
-    eps_hat = eps_from_velocity(x_t, v, t)
-    return (x_t - append_dims(b**2 / t, x_t) * eps_hat) / append_dims(a, x_t)
+    if isinstance(s, (int, float)) and s == 0:
+        return x0_from_velocity(x_t, v, t)
+    s64 = torch.as_tensor(s, dtype=torch.float64, device=x_t.device)
+    t64 = torch.as_tensor(t, device=x_t.device).to(torch.float64)
+    a, b = transition_coefficients(s64, t64)
+    c_x = (1 - s64) + a * s64**2 / t64
+    c_v = (1 - s64) * b**2 / t64
+    return append_dims(c_x, x_t) * x_t - append_dims(c_v, x_t) * v
 
 
 def dmd_weight(s: Time, t: Time) -> Time:
@@ -156,10 +167,23 @@ def dmd_weight(s: Time, t: Time) -> Time:
     return (1 - t) ** 2 / ((1 - s) * t)
 
 
-def sample_t(batch: int, lo: float, hi: float, *, shift: float = 1.0, generator=None, device=None,
-             dtype=torch.float32) -> torch.Tensor:
-    """Draw ``t ~ U(lo, hi)`` (then time-shifted) for a batch: the ``t`` ranges of DMD and of each phase."""
+def t_from_uniform(u: torch.Tensor, lo: float, hi: float, shift: float = 1.0) -> torch.Tensor:
+    """Map ``u ~ U(0, 1)`` to a ``t`` strictly inside ``(lo, hi]``: time-shifted, then mapped onto the range.
+
+    The shift acts within the range (``lo + (hi - lo) shift(u)``), so no shift can move ``t`` outside
+    it. ``t >= lo + 1e-5 (hi - lo)``: at ``t = lo`` a subinterval target has ``b = 0`` (Phased DMD Eq. 11
+    divides by it). The one mapping behind :func:`sample_t` and the trainer's ``Draw.t_between``.
+    """
     if not 0 <= lo < hi <= 1:
         raise ValueError(f"t range must satisfy 0 <= lo < hi <= 1, got ({lo}, {hi})")
-    u = lo + (hi - lo) * torch.rand(batch, generator=generator, device=device, dtype=dtype)
-    return shift_time(u, shift) if shift != 1.0 else u
+    if shift != 1.0:
+        u = shift_time(u, shift)
+    margin = 1e-5 * (hi - lo)
+    return (lo + (hi - lo) * u).clamp(lo + margin, hi)
+
+
+def sample_t(batch: int, lo: float, hi: float, *, shift: float = 1.0, generator=None, device=None,
+             dtype=torch.float32) -> torch.Tensor:
+    """Draw ``t`` in ``(lo, hi]`` for a batch: ``u ~ U(0, 1)`` in float64, then :func:`t_from_uniform`."""
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    return t_from_uniform(u, lo, hi, shift).to(device=device, dtype=dtype)

@@ -22,24 +22,28 @@ STUDENT_SPECS = [
 ]
 
 RING_MIX = {"teacher": "oracle:ring-mix", "cfg": 3.0, "iters": 600, "batch_size": 256, "lr_generator": 1e-3,
-            "lr_fake": 1e-3, "fake_updates_per_generator_update": 3}
+            "lr_fake": 1e-3, "fake_updates_per_generator_update": 3, "weighting": "paper"}  # as the shipped ones
 MNIST_TEACHER = "zoo:mnist/teacher"  # the shipped teacher (the zoo builds it first)
 MNIST = {"teacher": MNIST_TEACHER, "cfg": 3.0, "iters": 1000, "batch_size": 32, "lr_generator": 1e-4,
          "lr_fake": 2e-4, "fake_updates_per_generator_update": 2, "weighting": "dmd2", "checkpoint_every": 100}
 MNIST_OVERRIDES = {"dp-dmd-4s": {"dp_anchor_steps": 4}}
 
-# The evidence study on ring-mix: longer runs, 5 critic updates, both weightings for Phased DMD,
-# the disjoint-range ablation.
+# The evidence study on ring-mix: longer runs, 5 critic updates, every baseline at its reference
+# weighting ("dmd2", as in the DMD, DMD2 and DP-DMD code) and again at "paper" (rows named `-paper`),
+# both weightings for Phased DMD, the disjoint-range ablation. Every row names its weighting.
 STUDY = {"teacher": "oracle:ring-mix", "cfg": 3.0, "iters": 2000, "batch_size": 256, "lr_generator": 1e-3,
          "lr_fake": 1e-3, "fake_updates_per_generator_update": 5, "checkpoint_every": 500}
 STUDY_SPECS = [
-    ("dmd-1s", "dmd", 1, {}),
-    ("dmd2-sgts-4s", "dmd2-sgts", 4, {}),
-    ("phased-dmd-4s4p", "phased-dmd", 4, {"phases": 4}),
+    ("dmd-1s", "dmd", 1, {"weighting": "dmd2"}),
+    ("dmd2-sgts-4s", "dmd2-sgts", 4, {"weighting": "dmd2"}),
+    ("dp-dmd-4s", "dp-dmd", 4, {"weighting": "dmd2"}),
+    ("dmd-1s-paper", "dmd", 1, {"weighting": "paper"}),
+    ("dmd2-sgts-4s-paper", "dmd2-sgts", 4, {"weighting": "paper"}),
+    ("dp-dmd-4s-paper", "dp-dmd", 4, {"weighting": "paper"}),
+    ("phased-dmd-4s4p", "phased-dmd", 4, {"phases": 4, "weighting": "paper"}),
     ("phased-dmd-4s4p-dmd2", "phased-dmd", 4, {"phases": 4, "weighting": "dmd2"}),
-    ("phased-dmd-4s2p", "phased-dmd", 4, {"phases": 2}),
-    ("dp-dmd-4s", "dp-dmd", 4, {}),
-    ("phased-dmd-disjoint-4s4p", "phased-dmd-disjoint", 4, {"phases": 4}),
+    ("phased-dmd-4s2p", "phased-dmd", 4, {"phases": 2, "weighting": "paper"}),
+    ("phased-dmd-disjoint-4s4p", "phased-dmd-disjoint", 4, {"phases": 4, "weighting": "paper"}),
 ]
 
 

@@ -13,14 +13,28 @@ holding >= 2% of a class's teacher samples but < 2% of the student's), ``off_mod
 farther than 3 stds from every mode) and ``spread`` (within-mode standard deviation over the mode's
 the teacher's, averaged over the modes both cover; 1 = the teacher's spread, < 1 = collapsed onto mode
 centres).
+
+Records and reruns: every ``runs.jsonl`` line records ``config``, the run's resolved configuration
+(:func:`resolved_config`: the recipe with the study's overrides and the seed, every method option
+resolved to its value, so a changed default shows), and ``commit`` (``git rev-parse HEAD`` of the
+kit's checkout, or null outside one). A (row, seed) counts as done only when its last line's
+``config`` equals the row's resolved configuration now; otherwise it is run again and the new line
+appended (tables use the last line of each (row, seed)). A line without a ``config`` (written before
+configs were recorded) cannot be shown to match and is run again. The study folders shipped in
+``assets/results`` were migrated once: their lines carry the configuration of the recipe they were
+run from, reconstructed, with ``commit`` null. A run trains in ``runs/<row>/seed<seed>-<hash>``,
+``<hash>`` from the resolved configuration, so a changed row never resumes the old row's checkpoint.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fnmatch
+import hashlib
 import json
 import math
+import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -91,6 +105,33 @@ def reference_samples(family: str, n: int, seed: int = 10_000):
 
 # One run ------------------------------------------------------------------------------------------
 
+def resolved_config(row: str, seed: int, overrides: dict | None = None) -> dict:
+    """What a run of ``row`` with ``seed`` is: for a student row, its recipe with ``overrides`` and the seed,
+    every method option resolved to its value (so a changed default shows); ``{"model": row}`` for a
+    teacher baseline ``family/teacher@K``."""
+    if "@" in row:
+        return {"model": row}
+    from pdmd_lab.recipes import student_config
+
+    cfg = student_config(row, **{**(overrides or {}), "seed": seed})
+    flat = {**cfg.flat(), **dataclasses.asdict(cfg.build_method().options)}
+    return json.loads(json.dumps(flat))
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def current_commit() -> str | None:
+    """``git rev-parse HEAD`` of the checkout holding this file, or None (not a git checkout, no git)."""
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                           text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+
+
 def run_one(row: str, seed: int, out: str, n: int, overrides: dict | None = None, threads: int = 1) -> dict:
     """Train (or sample) one row with one seed and score it. Runs in a worker process."""
     from pdmd_lab import zoo
@@ -98,6 +139,7 @@ def run_one(row: str, seed: int, out: str, n: int, overrides: dict | None = None
 
     torch.set_num_threads(threads)
     t0 = time.time()
+    config = resolved_config(row, seed, overrides)
     if "@" in row:  # teacher baseline: family/teacher@K
         model = zoo.load(row)
         family = model.dataset
@@ -106,14 +148,14 @@ def run_one(row: str, seed: int, out: str, n: int, overrides: dict | None = None
         from pdmd_lab.distill import distill
 
         cfg = student_config(row, **{**(overrides or {}), "seed": seed})
-        run_dir = Path(out) / "runs" / row / f"seed{seed}"
+        run_dir = Path(out) / "runs" / row / f"seed{seed}-{config_hash(config)}"
         model = distill(cfg, run_dir, progress=False, command=f"pdmd-lab study (row {row}, seed {seed})")
         family = get_recipe(row)["teacher"].split(":", 1)[1]
         train_s = time.time() - t0
     ref, labels = reference_samples(family, n)
     x = model.sample(labels, seed=seed)
     res = {"row": row, "seed": seed, "family": family, "nfe": int(model.nfe), "train_s": round(train_s, 1),
-           **score_2d(family, x, labels, ref)}
+           **score_2d(family, x, labels, ref), "config": config, "commit": current_commit()}
     return res
 
 
@@ -168,11 +210,23 @@ def parse_seeds(spec: str) -> list[int]:
         raise ValueError(f"bad --seeds {spec!r}: use e.g. 0-4 or 0,1,2") from None
 
 
-def read_runs(out: Path) -> list[dict]:
+def read_runs(out: Path, *, latest: bool = False) -> list[dict]:
+    """The lines of ``out/runs.jsonl``; with ``latest``, only the last line of each (row, seed)."""
     f = Path(out) / "runs.jsonl"
     if not f.exists():
         return []
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    runs = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    if latest:
+        last = {(r["row"], r["seed"]): i for i, r in enumerate(runs)}
+        runs = [r for i, r in enumerate(runs) if last[(r["row"], r["seed"])] == i]
+    return runs
+
+
+def stale_runs(rows: list[str], seeds: list[int], out, overrides: dict | None = None) -> list[tuple[str, int]]:
+    """The (row, seed) pairs whose last line's recorded config is missing or differs from the resolved one now."""
+    last = {(r["row"], r["seed"]): r for r in read_runs(out, latest=True)}
+    return [(row, s) for row in rows for s in seeds
+            if (row, s) in last and last[(row, s)].get("config") != resolved_config(row, s, overrides)]
 
 
 def run_study(rows: list[str], seeds: list[int], out, *, n: int = 2000, jobs: int = 1, overrides: dict | None = None,
@@ -188,8 +242,12 @@ def run_study(rows: list[str], seeds: list[int], out, *, n: int = 2000, jobs: in
         raise ValueError(f"{out} holds a study with other settings ({(out / 'study.json').read_text().strip()}); "
                          f"choose another --out")
     (out / "study.json").write_text(json.dumps(meta) + "\n")
-    done = {(r["row"], r["seed"]) for r in read_runs(out)}
+    stale = set(stale_runs(rows, seeds, out, overrides))
+    done = {(r["row"], r["seed"]) for r in read_runs(out)} - stale
     todo = [(r, s) for r in rows for s in seeds if (r, s) not in done]
+    if stale and progress:
+        print(f"{len(stale)} finished run(s) are run again: their recorded config differs from the row's now "
+              f"(or predates config records): {', '.join(f'{r} seed {s}' for r, s in sorted(stale))}")
     bar = tqdm(total=len(todo), desc="study", disable=not progress)
 
     def record(res):
@@ -221,15 +279,16 @@ def run_study(rows: list[str], seeds: list[int], out, *, n: int = 2000, jobs: in
 def summarize(out, rows: list[str] | None = None) -> dict:
     """Mean and 95% interval per (family, row, metric) from ``runs.jsonl``; writes csv, json, md and png."""
     out = Path(out)
-    runs = read_runs(out)
+    runs = read_runs(out, latest=True)
     if not runs:
         raise ValueError(f"{out} holds no finished runs")
     keys = sorted({k for r in runs for k in r})
     with open(out / "runs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
-        w.writerows(runs)
-    order = rows or list(dict.fromkeys(r["row"] for r in runs))
+        w.writerows([{k: json.dumps(v) if isinstance(v, dict) else v for k, v in r.items()} for r in runs])
+    # The rows asked for first, then every other row of the folder, so a partial study keeps the others.
+    order = list(dict.fromkeys([*(rows or []), *(r["row"] for r in runs)]))
     summary: dict = {}
     for row in order:
         rs = [r for r in runs if r["row"] == row]

@@ -58,15 +58,49 @@ def test_dmd_gradient_weightings_agree_in_direction():
         losses.dmd_gradient(x, 0.0, t, eps, real, fake_fn, labels, "other")
 
 
+def test_reference_weighting_per_method():
+    """dmd, dmd2-sgts and dp-dmd default to DMD2's normalised x0-space gradient, as their reference code
+    does; Phased DMD keeps the paper's velocity weighting by default and takes either."""
+    from pdmd_lab.distill import get_method
+
+    for name, steps in (("dmd", 1), ("dmd2-sgts", 4), ("dp-dmd", 4)):
+        assert get_method(name).from_options(steps).options.weighting == "dmd2"
+    for name in ("phased-dmd", "phased-dmd-disjoint"):
+        assert get_method(name).from_options(4).options.weighting == "paper"
+        assert get_method(name).from_options(4, options={"weighting": "dmd2"}).options.weighting == "dmd2"
+    with pytest.raises(ValueError, match="weighting"):
+        get_method("dmd").from_options(1, options={"weighting": "velocity"})
+
+
+@pytest.mark.parametrize("weighting", ["paper", "dmd2"])
+def test_dmd_gradient_finite_at_t_1_and_non_finite_surfaces(weighting):
+    """The first phase's t can be 1 (Draw.t_between's range is (lo, hi]): the gradient is finite there.
+    A non-finite score is not hidden: the sample's gradient is non-finite, so the trainer stops."""
+    gmm = get_dataset("ring-mix").gmm
+    real = OracleTeacher(gmm)
+    x = torch.randn(8, 2)
+    eps = torch.randn(8, 2)
+    labels = torch.arange(8) % 4
+    fake = lambda x_t, t_, c: real(x_t, t_, c) + 0.1  # noqa: E731
+    for s in (0.0, 0.75):
+        t = torch.tensor([1.0, 1.0, 0.9, 0.99999994, s + 1e-5, 0.8, 0.95, 1.0])
+        g, _ = losses.dmd_gradient(x, s, t, eps, real, fake, labels, weighting)
+        assert torch.isfinite(g).all(), (s, g)
+    broken = lambda x_t, t_, c: torch.where(torch.arange(len(x_t))[:, None] == 3, torch.nan, fake(x_t, t_, c))  # noqa
+    g, _ = losses.dmd_gradient(x, 0.0, torch.full((8,), 0.5), eps, real, broken, labels, weighting)
+    assert not torch.isfinite(g[3]).any() and torch.isfinite(g[[0, 1, 2, 4, 5, 6, 7]]).all()
+
+
 def test_one_phase_one_step_phased_equals_dmd():
     """Phased DMD with one phase and one step is one-step DMD (same seed, same weights)."""
-    a = distill(tiny(method="dmd", steps=1, t_max=1.0, iters=3), progress=False)
-    b = distill(tiny(method="phased-dmd", steps=1, phases=1, iters=3), progress=False)
+    a = distill(tiny(method="dmd", steps=1, t_max=1.0, iters=3, weighting="paper"), progress=False)
+    b = distill(tiny(method="phased-dmd", steps=1, phases=1, iters=3, weighting="paper"), progress=False)
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
-    init = distill(tiny(method="dmd", steps=1, t_max=1.0, iters=1, lr_generator=1e-12), progress=False)
+    init = distill(tiny(method="dmd", steps=1, t_max=1.0, iters=1, lr_generator=1e-12, weighting="paper"),
+                   progress=False)
     assert any(not torch.allclose(wa[k], weights(init)[k]) for k in wa)  # training did move the weights
 
 

@@ -125,6 +125,22 @@ def test_sample_t():
             flow.sample_t(4, lo, hi)
 
 
+@pytest.mark.parametrize("shift", [0.5, 1.0, 3.0])
+def test_sample_t_shifts_within_the_range_like_the_trainer(shift):
+    """The shift acts inside the range: ``t = lo + (hi - lo) shift(u)`` never leaves ``(lo, hi]``
+    (shifting after mapping gave t down to 0.60 for the range (0.75, 1) at shift 0.5), and
+    :func:`flow.sample_t` and the trainer's ``Draw.t_between`` draw the same times from the same seed."""
+    from pdmd_lab.distill import Draw
+
+    lo, hi, n = 0.75, 1.0, 20000
+    t = flow.sample_t(n, lo, hi, shift=shift, generator=torch.Generator().manual_seed(1))
+    assert t.min() > lo and t.max() <= hi
+    # Median: lo + (hi - lo) shift(0.5; s) = lo + (hi - lo) s / (1 + s).
+    assert t.median().item() == pytest.approx(lo + (hi - lo) * shift / (1 + shift), abs=0.005)
+    drawn = Draw(torch.Generator().manual_seed(1), n).t_between(lo, hi, shift)
+    assert torch.equal(t, drawn)
+
+
 # Forward transition (Phased DMD Eq. 2) -------------------------------------------------------------
 
 
@@ -325,6 +341,56 @@ def test_xs_from_velocity_is_posterior_mean(mixture_1d, s, t):
     x0_hat = flow.x0_from_velocity(x_t, mixture_1d.velocity(x_t, t), t)
     err0, _, _ = _binned_means([x_t[:, 0]], (x_s - x0_hat)[:, 0], bins=10)
     assert err0.abs().max() > 0.05
+
+
+def _xs_float64(x_t, v, s, t):
+    """Reference x_s estimate in float64: DESIGN's form for t < 1, its limit (1 - s)(x_t - v) at t = 1."""
+    a, b = (1 - t) / (1 - s), torch.sqrt(t**2 - ((1 - t) / (1 - s)) ** 2 * s**2)
+    eps_hat = x_t + ((1 - t) * v.T).T
+    design = ((x_t.T - (b**2 / t) * eps_hat.T) / torch.where(t < 1, a, 1.0)).T
+    out = torch.where((t < 1)[:, None], design, (1 - s) * (x_t - v))
+    return torch.where((t == s)[:, None], x_t, out)  # at t = s the estimate is x_t itself
+
+
+@pytest.mark.parametrize("s", [0.0, 0.25, 0.5, 0.75])
+def test_xs_from_velocity_float32_is_float64_accurate_up_to_t_1(s):
+    """For every float32 t in [s, 1], t = 1 included, the float32 estimate is finite and within 1e-4 of
+    float64 relative to |x_s|. DESIGN's form divides by a = (1 - t) / (1 - s): it loses every digit as
+    t -> 1 (checked below: error > 1e-2) and is 0 / 0 at t = 1."""
+    one = torch.tensor(1.0)
+    near_one = [torch.nextafter(one, torch.tensor(0.0)).item(), 1 - 1e-7, 1 - 1e-6, 1 - 1e-5, 1 - 1e-4, 1 - 1e-3]
+    near_s = [torch.nextafter(torch.tensor(s), one).item(), s + 1e-6, s + 1e-4] if s > 0 else [1e-6, 1e-3]
+    grid = torch.linspace(s, 1, 101).tolist()
+    t32 = torch.tensor([*grid, *near_s, *near_one, 1.0], dtype=torch.float32)
+    n = len(t32)
+    g = torch.Generator().manual_seed(0)
+    x_s = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    eps = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    t64 = t32.double()
+    x_t = flow.transition(x_s, eps, s, t64).float().double()  # the float32 inputs, exactly
+    v = (torch.randn(n, 2, generator=g, dtype=torch.float64) + eps - x_s).float().double()
+    ref = _xs_float64(x_t, v, s, t64)
+    got = flow.xs_from_velocity(x_t.float(), v.float(), s, t32)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    rel = (got.double() - ref).norm(dim=1) / ref.norm(dim=1)
+    assert rel.max() < 1e-4, (t32[rel.argmax()].item(), rel.max().item())
+    if s == 0:  # exactly x_t - t v
+        assert torch.equal(got, x_t.float() - t32[:, None] * v.float())
+    else:  # the divided form in float32 fails near t = 1, so this test can fail
+        a, b = flow.transition_coefficients(s, t32)
+        old = ((x_t.float().T - (b**2 / t32) * (x_t.float() + ((1 - t32) * v.float().T).T).T) / a).T
+        bad = ((old.double() - ref).norm(dim=1) / ref.norm(dim=1))[torch.isfinite(old).all(1)]
+        assert bad.max() > 1e-2 and not torch.isfinite(old[-1]).all()
+
+
+def test_transition_coefficients_accurate_in_float32_near_s():
+    """b^2 = (t - s)(t + a s) / (1 - s) has no cancellation as t -> s (t^2 - a^2 s^2 in float32 has)."""
+    s = 0.75
+    t32 = torch.tensor([s + 1e-6, s + 1e-5, s + 1e-3, 0.9, 1.0], dtype=torch.float32)
+    t64 = t32.double()
+    b2_64 = t64**2 - ((1 - t64) / (1 - s)) ** 2 * s**2
+    _, b = flow.transition_coefficients(s, t32)
+    assert ((b.double() ** 2 - b2_64).abs() / b2_64).max() < 1e-5
 
 
 def test_dmd_weight_closed_form():

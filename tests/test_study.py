@@ -46,8 +46,22 @@ def test_study_resumes_and_writes_tables(tmp_path, capsys):
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert sorted((r["row"], r["seed"]) for r in runs) == [("ring-mix/teacher@2", 0), ("ring-mix/teacher@2", 1),
                                                            ("ring-mix/teacher@4", 0), ("ring-mix/teacher@4", 1)]
+    assert all(r["config"] == {"model": r["row"]} for r in runs)
+    assert all(r["commit"] is None or len(r["commit"]) == 40 for r in runs)
     assert main(args) == 0  # resumed: nothing left to run
     assert len((out / "runs.jsonl").read_text().splitlines()) == 4
+    # A line whose recorded config differs from the row's now, or that records none, is run again;
+    # the tables use the last line of each (row, seed).
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    changed = {**json.loads(lines[0]), "config": {"model": "something else"}, "energy_distance": 99.0}
+    legacy = {k: v for k, v in json.loads(lines[1]).items() if k not in ("config", "commit")}
+    (out / "runs.jsonl").write_text("\n".join([json.dumps(changed), json.dumps(legacy), *lines[2:]]) + "\n")
+    assert main(args) == 0
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 6 and {(r["row"], r["seed"]) for r in runs[4:]} == {(changed["row"], changed["seed"]),
+                                                                              (legacy["row"], legacy["seed"])}
+    assert "run again" in capsys.readouterr().out
+    assert max(r["energy_distance"] for r in study.read_runs(out, latest=True)) < 1
     summary = json.loads((out / "summary.json").read_text())["ring-mix"]
     assert summary["ring-mix/teacher@2"]["n_seeds"] == 2 and summary["ring-mix/teacher@4"]["nfe"] == 8
     # teacher@2 (4 NFE) is further from the 50-step teacher than teacher@4.
@@ -55,3 +69,35 @@ def test_study_resumes_and_writes_tables(tmp_path, capsys):
     assert (out / "summary.png").stat().st_size > 5000 and "± " in (out / "summary.md").read_text()
     code = main([*args[:-2], "--set", "iters=4", "--out", str(out)])
     assert code == 2 and "other settings" in capsys.readouterr().err
+
+
+def test_resolved_config_names_the_weighting_and_every_dmd_recipe_pins_it():
+    from pdmd_lab.distill import get_method
+    from pdmd_lab.distill.methods import DMDFamily
+    from pdmd_lab.recipes import RECIPES
+
+    ref = study.resolved_config("study/ring-mix/dmd2-sgts-4s", 0)
+    paper = study.resolved_config("study/ring-mix/dmd2-sgts-4s-paper", 0)
+    assert ref["weighting"] == "dmd2" and paper["weighting"] == "paper" and ref["seed"] == 0
+    assert {k for k in ref if ref[k] != paper[k]} == {"weighting"}
+    assert study.config_hash(ref) != study.config_hash(paper)
+    assert study.resolved_config("study/ring-mix/dmd-1s", 3, {"iters": 8})["iters"] == 8
+    dmd_recipes = [n for n, r in RECIPES.items() if r["kind"] == "student" and issubclass(get_method(r["method"]),
+                                                                                          DMDFamily)]
+    assert len(dmd_recipes) > 10 and all("weighting" in RECIPES[n] for n in dmd_recipes)
+    assert RECIPES["ring-mix/dmd2-sgts-4s"]["weighting"] == "paper"  # as the shipped student was trained
+
+
+def test_shipped_studies_record_their_configs():
+    """The shipped study folders were migrated: every line records the config it ran with, and a row
+    is named after its weighting (the baselines' old "paper" runs are the `-paper` rows)."""
+    from pathlib import Path
+
+    root = Path(study.__file__).resolve().parents[1] / "assets" / "results"
+    for fam in ("ring-mix", "grid-mix"):
+        runs = study.read_runs(root / f"study-{fam}")
+        assert runs and all("config" in r and "commit" in r for r in runs)
+        # No line is stale: each one's config is what its row resolves to now.
+        assert all(r["config"] == study.resolved_config(r["row"], r["seed"]) for r in runs)
+        old = [r for r in runs if r["row"].endswith("-paper")]
+        assert old and all(r["config"]["weighting"] == "paper" for r in old)

@@ -28,7 +28,7 @@ def surrogate_loss(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def dmd_gradient(x: torch.Tensor, s: float, t: torch.Tensor, eps: torch.Tensor, real_score, fake_score,
-                 class_labels, weighting: str = "paper") -> tuple[torch.Tensor, dict]:
+                 class_labels, weighting: str = "dmd2") -> tuple[torch.Tensor, dict]:
     """DMD generator gradient for an output ``x`` at noise level ``s`` (``s = 0``: clean output).
 
     ``x_t = a x + b eps`` (Phased DMD Eq. 2), then
@@ -50,7 +50,6 @@ def dmd_gradient(x: torch.Tensor, s: float, t: torch.Tensor, eps: torch.Tensor, 
         xs_fake = flow.xs_from_velocity(x_t, v_fake, s, t)
         norm = (x - xs_real).abs().flatten(1).mean(1).clamp_min(1e-8)
         g = (xs_fake - xs_real) / flow.append_dims(norm, x)
-    g = torch.nan_to_num(g)
     return g, {"dmd_grad_norm": g.flatten(1).norm(dim=1).mean().item()}
 
 
