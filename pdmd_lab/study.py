@@ -18,7 +18,8 @@ Records and reruns: every ``runs.jsonl`` line records ``config``, the run's reso
 (:func:`resolved_config`: the recipe with the study's overrides and the seed, every method option
 resolved to its value, so a changed default shows), and ``commit`` (``git rev-parse HEAD`` of the
 kit's checkout, or null outside one). A (row, seed) counts as done only when its last line's
-``config`` equals the row's resolved configuration now; otherwise it is run again and the new line
+``config`` equals the row's resolved configuration now (a key added to the configuration since
+matches when it holds its default, :func:`same_config`); otherwise it is run again and the new line
 appended (tables use the last line of each (row, seed)). A line without a ``config`` (written before
 configs were recorded) cannot be shown to match and is run again. The study folders shipped in
 ``assets/results`` were migrated once: their lines carry the configuration of the recipe they were
@@ -116,6 +117,27 @@ def resolved_config(row: str, seed: int, overrides: dict | None = None) -> dict:
     cfg = student_config(row, **{**(overrides or {}), "seed": seed})
     flat = {**cfg.flat(), **dataclasses.asdict(cfg.build_method().options)}
     return json.loads(json.dumps(flat))
+
+
+def config_defaults(method: str) -> dict:
+    """Every shared field's and ``method``'s options' default values, as recorded in a resolved config."""
+    from pdmd_lab.distill import DistillConfig, get_method
+
+    shared = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+              for f in dataclasses.fields(DistillConfig) if f.name != "options"}
+    return json.loads(json.dumps({**shared, **dataclasses.asdict(get_method(method).Options())}))
+
+
+def same_config(recorded: dict | None, now: dict) -> bool:
+    """Whether a line's recorded config is the row's resolved config now. A key the record lacks (a field
+    added since) matches when the row now holds that field's default, which is how it ran then."""
+    if recorded is None or any(recorded.get(k, k) != now.get(k, k) for k in recorded):
+        return False
+    extra = set(now) - set(recorded)
+    if not extra:
+        return True
+    defaults = config_defaults(now["method"]) if "method" in now else {}
+    return all(k in defaults and now[k] == defaults[k] for k in extra)
 
 
 def config_hash(config: dict) -> str:
@@ -226,7 +248,8 @@ def stale_runs(rows: list[str], seeds: list[int], out, overrides: dict | None = 
     """The (row, seed) pairs whose last line's recorded config is missing or differs from the resolved one now."""
     last = {(r["row"], r["seed"]): r for r in read_runs(out, latest=True)}
     return [(row, s) for row in rows for s in seeds
-            if (row, s) in last and last[(row, s)].get("config") != resolved_config(row, s, overrides)]
+            if (row, s) in last and not same_config(last[(row, s)].get("config"),
+                                                    resolved_config(row, s, overrides))]
 
 
 def run_study(rows: list[str], seeds: list[int], out, *, n: int = 2000, jobs: int = 1, overrides: dict | None = None,

@@ -82,6 +82,10 @@ def test_resolved_config_names_the_weighting_and_every_dmd_recipe_pins_it():
     assert {k for k in ref if ref[k] != paper[k]} == {"weighting"}
     assert study.config_hash(ref) != study.config_hash(paper)
     assert study.resolved_config("study/ring-mix/dmd-1s", 3, {"iters": 8})["iters"] == 8
+    # The rerun rule: equal configs match; a changed value does not; a key added since matches at its default.
+    assert study.same_config(dict(ref), ref) and not study.same_config(paper, ref) and not study.same_config(None, ref)
+    before = {k: v for k, v in ref.items() if k != "t_shift"}
+    assert study.same_config(before, ref) and not study.same_config(before, {**ref, "t_shift": 2.0})
     dmd_recipes = [n for n, r in RECIPES.items() if r["kind"] == "student" and issubclass(get_method(r["method"]),
                                                                                           DMDFamily)]
     assert len(dmd_recipes) > 10 and all("weighting" in RECIPES[n] for n in dmd_recipes)
