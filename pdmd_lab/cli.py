@@ -352,6 +352,14 @@ def cmd_bench(a) -> None:
     print(bench.bench_markdown(res))
 
 
+def cmd_diversity(a) -> None:
+    from pdmd_lab import diversity
+
+    res = diversity.run_diversity(diversity.config_from_cli(vars(a)), a.out, progress=not a.quiet)
+    print(diversity.markdown_table(res))
+    print(f"wrote {a.out}/diversity.json, diversity.csv, diversity.md and {len(res['sheets'])} contact sheet(s)")
+
+
 def default_threads() -> int:
     env = safety.env_threads()  # $PDMD_THREADS, checked
     return env if env is not None else max(1, min(4, (os.cpu_count() or 2) // 2))
@@ -493,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="folder for bench.json and bench.md (kept unless --overwrite)")
     s.add_argument("--overwrite", action="store_true", help="replace bench.json and bench.md in --out")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("diversity", help="the Phased DMD paper's diversity (and video motion) protocol: "
+                       "same noise per seed for every model, decoded, embedded with a local feature model")
+    from pdmd_lab.diversity import add_cli_arguments as add_diversity_arguments
+
+    add_diversity_arguments(s)
+    s.set_defaults(func=cmd_diversity)
     return p
 
 

@@ -93,3 +93,70 @@ def random_prompts(kind_or_model, num_prompts: int = 2, seq_len: int = 7, seed: 
         mask = (torch.arange(seq_len)[None] < lengths[:, None]).long()
         embeds = embeds * mask[..., None]
     return PromptEmbeddings([f"prompt {k}" for k in range(num_prompts)], embeds, pooled, mask)
+
+
+# Tiny pipeline folders: transformer, scheduler, VAE (and for Wan a text encoder), as save_pretrained writes them
+
+TINY_WORDS = ("<pad> </s> <unk> a the an of on in with and red blue green cat dog bird car boat grass sky sea "
+              "street city tree runs flies sits rolls slowly fast prompt 0 1 2 3 4 5 6 7").split()
+
+
+def tiny_tokenizer(words=TINY_WORDS):
+    """A word-level fast tokenizer over ``words`` (unknown words map to ``<unk>``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_vae(kind: str, seed: int = 0):
+    """A random VAE whose latents fit :data:`TINY_LATENTS`: SD3 ``AutoencoderKL`` (no downsampling, 4 latent
+    channels: 8x8 latents decode to 8x8 images); Wan ``AutoencoderKLWan`` (16 channels, 8x spatial and 4x
+    temporal upsampling: ``(16, 2, 4, 4)`` decodes to 5 frames of 32x32)."""
+    from diffusers import AutoencoderKL, AutoencoderKLWan
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "sd3":
+            return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+                                 latent_channels=4, norm_num_groups=1, use_quant_conv=False,
+                                 use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+        if kind == "wan":
+            return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                    temperal_downsample=[False, True, True])
+    raise ValueError(f"no tiny VAE for {kind!r}; choose sd3 or wan")
+
+
+def save_tiny_pipeline(kind: str, folder, seed: int = 0, *, vae: bool = True, text_encoder: bool = False,
+                       shift: float = 3.0) -> Path:
+    """Write a tiny stock pipeline folder (``StableDiffusion3Pipeline`` or ``WanPipeline``) with
+    ``save_pretrained``: the tiny transformer, a ``FlowMatchEulerDiscreteScheduler(shift)``, a tiny VAE
+    (``vae``) and, for Wan, a tiny UMT5 text encoder with a word-level tokenizer (``text_encoder``), so
+    prompts text files can be encoded. SD3 has no text encoders here: give it an embeddings file
+    (:func:`random_prompts`)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline, WanPipeline
+
+    parts = {"transformer": tiny_model(kind, seed), "scheduler": FlowMatchEulerDiscreteScheduler(shift=shift),
+             "vae": tiny_vae(kind, seed) if vae else None, "text_encoder": None, "tokenizer": None}
+    if kind == "sd3":
+        if text_encoder:
+            raise ValueError("the tiny SD3 pipeline has no text encoders; use an embeddings file")
+        pipe = StableDiffusion3Pipeline(**parts, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
+                                        tokenizer_3=None)
+    elif kind == "wan":
+        if text_encoder:
+            from transformers import UMT5Config, UMT5EncoderModel
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                parts["text_encoder"] = UMT5EncoderModel(UMT5Config(
+                    vocab_size=len(TINY_WORDS), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                    relative_attention_num_buckets=8)).eval()
+            parts["tokenizer"] = tiny_tokenizer()
+        pipe = WanPipeline(**parts)
+    else:
+        raise ValueError(f"no tiny pipeline for {kind!r}; choose sd3 or wan")
+    pipe.save_pretrained(str(folder))
+    return Path(folder)
