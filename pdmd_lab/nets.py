@@ -131,8 +131,32 @@ class UNetDenoiser(Denoiser):
         return self.unet(x, 1000 * t, class_labels=self._labels(class_labels, b, x.device)).sample
 
 
-NET_CONFIGS = {"mlp": MLPConfig, "unet": UNetConfig}
-NETS = {"mlp": MLPDenoiser, "unet": UNetDenoiser}
+@dataclass
+class NullLabelConfig:
+    type: str = "null-label"
+    base: dict = field(default_factory=dict)  # the wrapped conditional network's config
+    num_classes: int = 1  # one class: every label is sent to the base network as its null class
+
+
+class NullLabelDenoiser(Denoiser):
+    """A class-conditional network run with its null class only: an unconditional Denoiser.
+
+    A teacher trained with label dropout is, with the null label and CFG off, an unconditional
+    teacher (``mnist-uncond``). Whatever ``class_labels`` it gets, the base network sees its null
+    class; it reports one class. Its weights are the base network's under ``net.``.
+    """
+
+    def __init__(self, config: NullLabelConfig):
+        super().__init__()
+        self.config = config
+        self.net = build_net(config.base)
+
+    def forward(self, x: torch.Tensor, t, class_labels=None) -> torch.Tensor:
+        return self.net(x, t, None)
+
+
+NET_CONFIGS = {"mlp": MLPConfig, "unet": UNetConfig, "null-label": NullLabelConfig}
+NETS = {"mlp": MLPDenoiser, "unet": UNetDenoiser, "null-label": NullLabelDenoiser}
 
 
 def net_config_from_dict(d: dict) -> MLPConfig | UNetConfig:

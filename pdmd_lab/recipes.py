@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 
-TEACHER_CFG = {"ring-mix": 3.0, "mnist": 3.0, "grid-mix": 3.0}  # CFG of the real score per family
+TEACHER_CFG = {"ring-mix": 3.0, "mnist": 3.0, "grid-mix": 3.0, "motion-mix": 1.5, "mnist-uncond": 1.0}  # real score CFG
 
 # Students: (name, method, steps, method options).
 STUDENT_SPECS = [
@@ -47,6 +47,25 @@ STUDY_SPECS = [
 ]
 
 
+# The two counting benchmarks (motion-mix, mnist-uncond): every baseline at its reference weighting,
+# Phased DMD 4s4p as in the paper. The same settings for every method; the shipped students are seed 0.
+REFERENCE_SPECS = [
+    ("dmd-1s", "dmd", 1, {"weighting": "dmd2"}),
+    ("dmd2-sgts-4s", "dmd2-sgts", 4, {"weighting": "dmd2"}),
+    ("dp-dmd-4s", "dp-dmd", 4, {"weighting": "dmd2"}),
+    ("phased-dmd-4s4p", "phased-dmd", 4, {"phases": 4, "weighting": "paper"}),
+]
+# motion-mix: a 16-dim toy with an exact oracle, sized to run in minutes on one CPU core (600 updates of
+# batch 128, 3 critic updates each; the starting MLP is fitted to the oracle for 1,000 iterations).
+MOTION_MIX = {"teacher": "oracle:motion-mix", "cfg": 1.5, "iters": 600, "batch_size": 128, "lr_generator": 1e-3,
+              "lr_fake": 1e-3, "fake_updates_per_generator_update": 3, "init_iters": 1000, "checkpoint_every": 200}
+# mnist-uncond: the MNIST teacher with its null class (zoo:mnist-uncond/teacher, exported from mnist/teacher),
+# CFG off; the shipped MNIST recipe's settings, except the length: 200 updates (the CPU budget of this run).
+# Phased DMD at "dmd2" like every shipped MNIST student.
+MNIST_UNCOND = {**MNIST, "teacher": "zoo:mnist-uncond/teacher", "cfg": 1.0, "iters": 200, "checkpoint_every": 50}
+MNIST_UNCOND_SPECS = [(n, m, k, {**o, "weighting": "dmd2"}) for n, m, k, o in REFERENCE_SPECS]
+
+
 def _students(family: str, base: dict, specs, overrides: dict | None = None) -> dict[str, dict]:
     out = {}
     for name, method, steps, opts in specs:
@@ -62,6 +81,11 @@ RECIPES: dict[str, dict] = {
     **_students("mnist", MNIST, STUDENT_SPECS, MNIST_OVERRIDES),
     **_students("study/ring-mix", STUDY, STUDY_SPECS),
     **_students("study/grid-mix", {**STUDY, "teacher": "oracle:grid-mix"}, STUDY_SPECS),
+    **_students("motion-mix", MOTION_MIX, REFERENCE_SPECS),
+    **_students("study/motion-mix", MOTION_MIX, REFERENCE_SPECS),
+    **_students("study/motion-mix-cfg1", {**MOTION_MIX, "cfg": 1.0}, REFERENCE_SPECS),
+    **_students("mnist-uncond", MNIST_UNCOND, MNIST_UNCOND_SPECS, MNIST_OVERRIDES),
+    **_students("study/mnist-uncond", MNIST_UNCOND, MNIST_UNCOND_SPECS, MNIST_OVERRIDES),
 }
 
 

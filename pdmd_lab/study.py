@@ -174,11 +174,34 @@ def run_one(row: str, seed: int, out: str, n: int, overrides: dict | None = None
         model = distill(cfg, run_dir, progress=False, command=f"pdmd-lab study (row {row}, seed {seed})")
         family = get_recipe(row)["teacher"].split(":", 1)[1]
         train_s = time.time() - t0
-    ref, labels = reference_samples(family, n)
-    x = model.sample(labels, seed=seed)
+    family = model.dataset or family
+    scores = family_scores(family, model, seed, n)
+    if scores is None:
+        ref, labels = reference_samples(family, n)
+        scores = score_2d(family, model.sample(labels, seed=seed), labels, ref)
     res = {"row": row, "seed": seed, "family": family, "nfe": int(model.nfe), "train_s": round(train_s, 1),
-           **score_2d(family, x, labels, ref), "config": config, "commit": current_commit()}
+           **scores, "config": config, "commit": current_commit()}
     return res
+
+
+def family_scores(dataset: str, model, seed: int, n: int) -> dict | None:
+    """A family that scores study runs itself (``Family.study_scores(dataset, model, seed=, n=)``, with its
+    metric names in ``Family.study_metrics``) does; None for the others (the 2D metrics above)."""
+    from pdmd_lab.families import get_family
+
+    fn = getattr(get_family(dataset), "study_scores", None)
+    return None if fn is None else fn(dataset, model, seed=seed, n=n)
+
+
+def study_metrics(dataset: str) -> tuple[list[str], dict]:
+    """The metric names a dataset's study rows report and their directions (True: lower is better)."""
+    from pdmd_lab.families import get_family
+
+    fam = get_family(dataset)
+    names = getattr(fam, "study_metrics", None)
+    if names is None:
+        return METRICS_2D, LOWER_IS_BETTER
+    return list(names), {m: fam.lower_is_better(m) for m in names}
 
 
 def prefit(row: str, seed: int, overrides: dict | None = None, threads: int = 1) -> None:
@@ -277,7 +300,7 @@ def run_study(rows: list[str], seeds: list[int], out, *, n: int = 2000, jobs: in
         with open(out / "runs.jsonl", "a") as f:
             f.write(json.dumps(res) + "\n")
         bar.update(1)
-        bar.set_postfix(last=f"{res['row']} s{res['seed']} ED {res['energy_distance']:.3g}")
+        bar.set_postfix(last=f"{res['row']} s{res['seed']}")
 
     if jobs <= 1:
         for r, s in todo:
@@ -319,22 +342,26 @@ def summarize(out, rows: list[str] | None = None) -> dict:
             continue
         fam = rs[0]["family"]
         entry = {"n_seeds": len(rs), "nfe": rs[0]["nfe"], "train_s": mean_ci([r["train_s"] for r in rs])[0]}
-        for m in METRICS_2D:
-            entry[m] = mean_ci([r[m] for r in rs])
-        entry["teacher_modes"] = rs[0].get("teacher_modes")
-        entry["seeds_missing_modes"] = sum(r["teacher_modes_missed"] > 0 for r in rs)
+        for m in study_metrics(fam)[0]:
+            entry[m] = mean_ci([r.get(m) for r in rs])
+        if "teacher_modes_missed" in rs[0]:
+            entry["teacher_modes"] = rs[0].get("teacher_modes")
+            entry["seeds_missing_modes"] = sum(r["teacher_modes_missed"] > 0 for r in rs)
         summary.setdefault(fam, {})[row] = entry
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
-    study_figure(summary, METRICS_2D[:4]).savefig(out / "summary.png", dpi=110, bbox_inches="tight")
+    study_figure(summary).savefig(out / "summary.png", dpi=110, bbox_inches="tight")
     return summary
 
 
-def study_figure(summary: dict, metric_names: list[str]):
-    """One panel per (family, metric): the mean over seeds per row with its 95% interval as error bars."""
+def study_figure(summary: dict, metric_names: list[str] | None = None):
+    """One panel per (family, metric): the mean over seeds per row with its 95% interval as error bars
+    (``metric_names``: default the first four of the family's study metrics)."""
     from matplotlib.figure import Figure
 
     fams = list(summary)
+    metric_names = metric_names or study_metrics(fams[0])[0][:4]
+    lower = {m: d for fam in fams for m, d in study_metrics(fam)[1].items()}
     fig = Figure(figsize=(3.6 * len(metric_names), 0.35 * max(len(r) for r in summary.values()) * len(fams) + 1.5))
     axes = fig.subplots(len(fams), len(metric_names), squeeze=False)
     for i, fam in enumerate(fams):
@@ -349,7 +376,8 @@ def study_figure(summary: dict, metric_names: list[str]):
             ax.barh(y, means, xerr=errs, color=colors, capsize=3)
             ax.set_yticks(y, names if j == 0 else [""] * len(y), fontsize=7)
             ax.invert_yaxis()
-            ax.set_title(f"{fam}: {m} ({'lower' if LOWER_IS_BETTER[m] else 'higher'} is better)", fontsize=8)
+            better = {True: "lower is better", False: "higher is better"}.get(lower.get(m), "closer to the teacher")
+            ax.set_title(f"{fam}: {m} ({better})", fontsize=8)
             ax.tick_params(labelsize=7)
     fig.tight_layout()
     return fig
@@ -366,13 +394,16 @@ def _cell(v) -> str:
 def summary_markdown(summary: dict) -> str:
     lines = []
     for fam, rows in summary.items():
+        names = study_metrics(fam)[0]
+        missing = names is METRICS_2D
         lines += [f"### {fam}: mean ± 95% CI over seeds", "",
-                  "| row | NFE | seeds | " + " | ".join(METRICS_2D) + " | seeds missing a teacher mode |",
-                  "|---|---|---|" + "---|" * (len(METRICS_2D) + 1)]
+                  "| row | NFE | seeds | " + " | ".join(names) + (" | seeds missing a teacher mode |" if missing else " |"),
+                  "|---|---|---|" + "---|" * (len(names) + missing)]
         for row, e in rows.items():
             name = row.split("/", 2)[-1] if row.startswith("study/") else row
-            lines.append(f"| {name} | {e['nfe']} | {e['n_seeds']} | " + " | ".join(_cell(e[m]) for m in METRICS_2D)
-                         + f" | {e['seeds_missing_modes']}/{e['n_seeds']} (of {e['teacher_modes']} cells) |")
+            lines.append(f"| {name} | {e['nfe']} | {e['n_seeds']} | " + " | ".join(_cell(e[m]) for m in names)
+                         + (f" | {e['seeds_missing_modes']}/{e['n_seeds']} (of {e['teacher_modes']} cells) |"
+                            if missing else " |"))
         lines.append("")
     lines.append("energy distance, mode KL, missed teacher modes, off-mode share: lower is better; recall and "
                  "spread (1 = the teacher's within-mode spread): closer to 1 is better.")

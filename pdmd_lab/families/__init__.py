@@ -7,3 +7,6 @@ one. Importing this package registers the kit's own families.
 from pdmd_lab.families.base import FAMILIES, Family, Metric, get_family, register_family
 
 __all__ = ["FAMILIES", "Family", "Metric", "get_family", "register_family"]
+
+# The kit's families register on import (motion: "trajectories", the motion-mix dataset).
+from pdmd_lab.families import points, images, tokens, motion  # noqa: E402,F401,I001
