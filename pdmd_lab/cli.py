@@ -47,12 +47,20 @@ def cmd_sample(a) -> None:
     from pdmd_lab import viz, zoo
     from pdmd_lab.data import get_dataset
 
-    safety.output_file(a.out, overwrite=a.overwrite, suffixes=FIGURE_SUFFIXES)
+    safety.output_file(a.out, overwrite=a.overwrite, suffixes=(*FIGURE_SUFFIXES, ".safetensors"))
     model = zoo.load(a.model, steps=a.steps, cfg=a.cfg, strict=True)
+    tensors = Path(a.out).suffix.lower() == ".safetensors"  # the samples themselves (latents, points, images)
+    if zoo.samples_latents(model) and not tensors:
+        raise ValueError(f"{a.model!r} samples latents of a diffusers model: give --out NAME.safetensors (decoding "
+                         f"them needs the pipeline's VAE: `pdmd-lab diversity`)")
     if a.label is not None and not 0 <= a.label < model.num_classes:
         raise ValueError(f"--label must be in [0, {model.num_classes - 1}], got {a.label}")
     labels = torch.arange(a.n) % model.num_classes if a.label is None else torch.full((a.n,), a.label)
     x = model.sample(labels, seed=a.seed)
+    if tensors:
+        io.save_weights_file(safety.make_parent(a.out), {"samples": x, "labels": labels})
+        print(f"wrote {a.out} (samples {tuple(x.shape)}, labels)")
+        return
     figure = viz.samples_figure
     if get_dataset(model.dataset).kind == "tokens":  # masked diffusion (pdmd_lab.discrete)
         from pdmd_lab.discrete.viz import samples_figure as figure
@@ -79,6 +87,13 @@ def cmd_distill(a) -> None:
             raise ValueError(f"recipe {a.recipe!r} does not build a student; use train-teacher / train-classifier")
     elif not (a.teacher and a.method):
         raise ValueError("give --recipe NAME, or --teacher and --method")
+    else:  # a teacher without a recipe: the training sizes of its family's recipe, not the ring-mix defaults
+        from pdmd_lab.recipes import family_defaults
+
+        start, flat = family_defaults(a.teacher, a.method)
+        if start:
+            print(f"pdmd-lab distill: sizes from recipe {start} (" + ", ".join(f"{k}={v}" for k, v in flat.items()
+                  if k != "net") + "); flags given override them")
     given = {k: v for k, v in vars(a).items() if k in _DISTILL_FIELDS | _option_fields() and v is not None}
     if a.recipe and "method" in given and given["method"] != flat["method"]:
         raise ValueError(f"recipe {a.recipe!r} is method {flat['method']!r}; --method {given['method']} contradicts it")
@@ -191,6 +206,10 @@ def cmd_train_classifier(a) -> None:
 def cmd_build_zoo(a) -> None:
     from pdmd_lab import zoo
 
+    if a.only is not None and not any(a.only in e.name for e in zoo.ENTRIES):
+        raise ValueError(f"--only {a.only!r} matches no zoo entry; `pdmd-lab recipes` lists them")
+    print(f"build-zoo writes the shipped models into {zoo.ASSETS} (on purpose: that is the zoo) and trains them "
+          f"in {zoo.RUNS}/")
     built = zoo.build_zoo(only=a.only)
     print("built: " + (", ".join(built) or "nothing (every model is already built and valid)"))
 
@@ -332,8 +351,15 @@ def cmd_evaluate(a) -> None:
     from pdmd_lab.discrete import evaluate as discrete
 
     names = [m for m in a.models.split(",") if m]
+    from pdmd_lab import latents
+
+    backbone = any(latents.is_latent_model(m) for m in names)  # students of diffusers models: their latents
     if a.out is not None:
-        safety.output_files(a.out, ["metrics.json", "metrics.md"], overwrite=a.overwrite)
+        safety.output_files(a.out, ["metrics.json", "metrics.md", *(["latents.safetensors"] * backbone)],
+                            overwrite=a.overwrite)
+    if backbone:
+        print(latents.markdown_table(latents.evaluate_latents(names, n=a.n, seed=a.seed, out=a.out)))
+        return
     if any(discrete.is_discrete(m) for m in names):  # masked-diffusion models: exact joint / binarised metrics
         print(discrete.markdown_table(discrete.evaluate_discrete(names, n=a.n, seed=a.seed,
                                                                  out=Path(a.out) if a.out else None)))

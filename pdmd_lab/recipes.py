@@ -118,6 +118,43 @@ def student_config(name: str, **overrides):
     return DistillConfig.from_flat(**{**r, **overrides})
 
 
+_SIZES = ("cfg", "iters", "batch_size", "lr_generator", "lr_fake", "fake_updates_per_generator_update",
+          "checkpoint_every", "init_iters")  # what a family's recipes size for its data
+
+
+def teacher_family(teacher: str) -> str | None:
+    """The family (dataset) of a teacher spec: ``oracle:X`` and ``zoo:X/...`` name it, a folder records it."""
+    from pathlib import Path
+
+    from pdmd_lab import io
+
+    teacher = str(teacher)
+    if teacher.startswith(("oracle:", "zoo:")):
+        return teacher.split(":", 1)[1].split("/")[0]
+    if (Path(teacher) / io.CONFIG).is_file():
+        try:
+            return io.read_config(teacher).get("dataset")
+        except ValueError:
+            return None
+    return None
+
+
+def family_defaults(teacher: str, method: str) -> tuple[str | None, dict]:
+    """The training sizes to start from when a command names a teacher but no recipe: those of the student
+    recipe of the teacher's family with the same teacher and method, else the same teacher, else the same
+    method, else any (the starting net's config too when the teacher is the same). ``(None, {})`` when the
+    family has no recipe."""
+    family = teacher_family(teacher)
+    students = {n: r for n, r in RECIPES.items() if r["kind"] == "student" and n.split("/")[0] == family}
+    for match in (lambda r: r["teacher"] == teacher and r["method"] == method, lambda r: r["teacher"] == teacher,
+                  lambda r: r["method"] == method, lambda r: True):
+        for name, r in students.items():
+            if match(r):
+                keys = _SIZES + (("net",) if r["teacher"] == teacher else ())
+                return name, {k: copy.deepcopy(r[k]) for k in keys if k in r}
+    return None, {}
+
+
 def describe(name: str) -> str:
     r = get_recipe(name)
     kind = r.pop("kind")

@@ -26,7 +26,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 
 # Kinds of folder the kit writes (``config.json`` -> ``kind``). Plug-ins that save their own folders add theirs.
-KIT_KINDS = {"teacher", "student", "classifier", "masked-teacher", "lora-student", "full-student",
+KIT_KINDS = {"teacher", "student", "classifier", "masked-teacher", "lora-student", "backbone-student",
              "teacher-train-state", "masked-teacher-train-state", "distill-train-state"}
 # Entries of a kit folder besides config.json: weights, the log, the train state, the kit's temporary files,
 # and what evaluate / figures / bench write next to a model.
@@ -36,7 +36,7 @@ _KIT_SUFFIXES = (".safetensors",)
 # What each folder the kit writes is called, for messages.
 _DESCRIBE = {"teacher": "a teacher", "student": "a distilled student", "classifier": "a classifier",
              "masked-teacher": "a masked-diffusion teacher", "lora-student": "a LoRA student",
-             "full-student": "a full-weight backbone student"}
+             "backbone-student": "a full-weight backbone student"}
 
 
 # Folders ---------------------------------------------------------------------------------------------
@@ -215,10 +215,10 @@ RANGES: dict[str, tuple] = {
     # counts
     **{k: (1, None, True) for k in ("n", "iters", "batch_size", "steps", "jobs", "checkpoint_every", "init_iters",
                                     "fake_updates_per_generator_update", "n_points", "threads", "phases",
-                                    "backbone_lora_rank", "backbone_max_sequence_length", "log_every")},
+                                    "log_every")},
     **{k: (0, None, True) for k in ("seed", "label")},
     # rates and scales
-    **{k: (0, None, False) for k in ("lr", "lr_generator", "lr_fake", "grad_clip", "shift", "backbone_lora_alpha")},
+    **{k: (0, None, False) for k in ("lr", "lr_generator", "lr_fake", "grad_clip", "shift")},
     **{k: (0, None, True) for k in ("cfg", "backbone_guidance")},
 }
 

@@ -107,7 +107,21 @@ def load(name: str, assets: Path = ASSETS, *, steps: int | None = None, cfg: flo
         ds = get_dataset(teacher.dataset)
         return TeacherSampler(teacher, steps=steps or 50, cfg=TEACHER_CFG.get(ds.name, 1.0) if cfg is None else cfg,
                               dataset=ds.name, shape=ds.shape, meta={"name": name})
+    if kind in BACKBONE_STUDENTS:  # students of diffusers backbones: they sample latents
+        if strict and (steps is not None or cfg is not None):
+            raise ValueError(f"{name!r} is a distilled student: its steps and CFG are fixed at training "
+                             f"(--steps/--cfg apply to teachers only)")
+        return io.load_folder(path)
     raise ValueError(f"{name!r} is a {kind!r} folder, not a teacher or a student")
+
+
+BACKBONE_STUDENTS = ("lora-student", "backbone-student")  # LoRA and full-weight students of diffusers models
+
+
+def samples_latents(model) -> bool:
+    """True for models whose samples are latents of a diffusers backbone (classes are prompts), which the
+    kit writes as tensors; decoding them needs the pipeline's VAE."""
+    return getattr(model, "dataset", "") == "prompts"
 
 
 def _valid(path: Path, entry: Entry) -> bool:

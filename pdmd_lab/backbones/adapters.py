@@ -91,7 +91,10 @@ class DiffusersDenoiser(Denoiser):
         if not config.latent_shape:
             config.latent_shape = self.default_latent_shape(transformer.config)
         config.latent_shape = tuple(int(s) for s in config.latent_shape)
+        if any(s < 1 for s in config.latent_shape):
+            raise ValueError(f"latent shape must have positive sizes, got {config.latent_shape}")
         self.check_latent_shape(config.latent_shape)
+        self.check_prompts(prompts)
         self.config = config
 
     # Shapes ----------------------------------------------------------------------------------
@@ -105,6 +108,24 @@ class DiffusersDenoiser(Denoiser):
 
     def check_latent_shape(self, shape: tuple[int, ...]) -> None:
         pass
+
+    text_width = "joint_attention_dim"  # the transformer config entry the prompt embeddings' width must equal
+    pooled_width: str | None = None  # the config entry of the pooled embeddings' width, when the model takes them
+
+    def check_prompts(self, prompts: PromptEmbeddings) -> None:
+        """The prompt embeddings hold what this model reads, with its widths (one line, before any work)."""
+        cfg = self.transformer.config
+        want = getattr(cfg, self.text_width, None)
+        got = prompts.prompt_embeds.shape[-1]
+        if want is not None and got != want:
+            raise ValueError(f"prompt_embeds are {got} wide; {self.model_class} takes {want} ({self.text_width})")
+        if self.pooled_width is not None:
+            if prompts.pooled_prompt_embeds is None:
+                raise ValueError(f"{self.model_class} needs pooled_prompt_embeds; the embeddings hold none")
+            want, got = getattr(cfg, self.pooled_width, None), prompts.pooled_prompt_embeds.shape[-1]
+            if want is not None and got != want:
+                raise ValueError(f"pooled_prompt_embeds are {got} wide; {self.model_class} takes {want} "
+                                 f"({self.pooled_width})")
 
     def transformers(self) -> list[nn.Module]:
         """The diffusers models this adapter calls (two for Wan2.2)."""
@@ -210,6 +231,7 @@ class SD3Denoiser(DiffusersDenoiser):
     """``SD3Transformer2DModel`` (SD3, SD3.5): timestep ``1000 t``, prompt and pooled embeddings."""
 
     model_class = "SD3Transformer2DModel"
+    pooled_width = "pooled_projection_dim"
     timestep_scale = 1000.0
     lora_targets = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
                     "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
@@ -237,6 +259,7 @@ class FluxDenoiser(_PackedImageDenoiser):
     """``FluxTransformer2DModel``: packed 2x2 latents, position ids, timestep ``t``, embedded guidance."""
 
     model_class = "FluxTransformer2DModel"
+    pooled_width = "pooled_projection_dim"
     lora_targets = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
                     "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
                     "ff_context.net.2", "proj_mlp", "proj_out")
@@ -262,6 +285,7 @@ class WanDenoiser(DiffusersDenoiser):
     """``WanTransformer3DModel`` (Wan2.1, Wan2.2): video latents ``(B, C, F, H, W)``, timestep ``1000 t``."""
 
     model_class = "WanTransformer3DModel"
+    text_width = "text_dim"
     timestep_scale = 1000.0
     lora_targets = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
                     "attn2.to_v", "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2")

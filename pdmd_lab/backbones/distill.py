@@ -16,6 +16,7 @@ multi-GPU / FSDP come from ``accelerate launch`` and its config file, not from h
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,11 @@ class BackboneOptions:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         self.lora()  # checks rank and alpha
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.latent_shape):
+            raise ValueError(f"--latent-shape must be positive integers like 16,128,128, got "
+                             f"{','.join(map(str, self.latent_shape))}")
+        if self.guidance is not None and not math.isfinite(self.guidance):
+            raise ValueError(f"--guidance must be a finite number, got {self.guidance}")
         if self.max_sequence_length < 1:
             raise ValueError(f"max_sequence_length must be >= 1, got {self.max_sequence_length}")
 

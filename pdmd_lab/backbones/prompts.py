@@ -56,6 +56,8 @@ class PromptEmbeddings(nn.Module):
             if tensor is not None and tensor.shape[0] != n:
                 raise ValueError(f"{name} has {tensor.shape[0]} rows; {len(prompts)} prompts + the empty prompt "
                                  f"need {n}")
+            if tensor is not None and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(f"{name} holds non-finite values (NaN or inf)")
         self.prompts = list(prompts)
         self.register_buffer("prompt_embeds", prompt_embeds, persistent=False)  # (P + 1, L, D)
         self.register_buffer("pooled_prompt_embeds", pooled_prompt_embeds, persistent=False)  # (P + 1, D')
