@@ -28,7 +28,7 @@ from pdmd_lab.sampling import get_sampler  # noqa: E402
 FAMILIES = ("mnist", "ring-mix")  # preferred order; any other family with a teacher and a student follows
 SEED_MAX = 2**31 - 1
 MAX_SAMPLES = 64
-MAX_PAIR_SAMPLES = 8192  # token pairs (ring-mix-tokens): a joint histogram on 32 x 32 cells needs thousands
+MAX_PAIR_SAMPLES = 8192  # points and token pairs: a scatter or a joint histogram on 32 x 32 cells needs thousands
 DEFAULT_PAIR_SAMPLES = 2048
 MAX_CFG = 10.0
 MAX_DIVERSITY_N = 512
@@ -318,9 +318,10 @@ def _initial(model, seed: int, n: int) -> torch.Tensor:
 
 
 def _sample_limits(family: str) -> tuple[int, int]:
-    """``(most, default)`` number of samples in Compare: thousands for token pairs (a joint histogram), else 64."""
-    ds = get_dataset(family)
-    if ds.kind == "tokens" and len(ds.shape) == 1:
+    """``(most, default)`` number of samples in Compare: samples of a few numbers each (2D points, token
+    pairs) are shown as a distribution (a scatter of thousands, a joint histogram); larger ones (images)
+    as a grid of at most 64."""
+    if math.prod(get_dataset(family).shape) <= 4:
         return MAX_PAIR_SAMPLES, DEFAULT_PAIR_SAMPLES
     return MAX_SAMPLES, 16
 
@@ -339,7 +340,9 @@ def _image_panel(family: str, title: str, x: torch.Tensor, labels, scale: int = 
 
 
 def _points_panel(family: str, title: str, x: torch.Tensor, labels) -> np.ndarray:
-    return figure_array(viz.scatter_figure({title: (x, labels)}, get_dataset(family).gmm))
+    fig = viz.scatter_figure({"": (x, labels)}, get_dataset(family).gmm)  # the caption names the model
+    fig.set_size_inches(3.6, 3.6)
+    return figure_array(fig)
 
 
 def _tokens_panel(family: str, title: str, x: torch.Tensor, labels) -> np.ndarray:
@@ -391,11 +394,6 @@ def _diversity(x: torch.Tensor) -> float | None:
     return metrics.pairwise_distance(x.reshape(len(x), -1).float())
 
 
-def _diversity_line(family: str, x, labels) -> str:
-    div = _diversity(x)
-    return f"pairwise diversity {'n/a (1 sample)' if div is None else f'{div:.3f}'}"
-
-
 def _token_joint(family: str):
     """The exact joint of a token family (:data:`pdmd_lab.discrete.teacher.ORACLES`), or None."""
     from pdmd_lab.discrete.teacher import ORACLES
@@ -410,21 +408,36 @@ def token_tv(family: str, x: torch.Tensor, labels) -> float:
     return joint_distances(x, labels, _token_joint(family))["tv"]
 
 
-def _tokens_line(family: str, x, labels) -> str:
+# The numbers under each Compare panel: ``(label, value, lower_is_better)``, value a float or a string
+# ("7/8"), direction True (lower is better), False (higher is better), None, or a phrase of its own.
+
+def _points_measures(family: str, x, labels) -> list:
+    """Gaussian mixtures: modes covered (at least 2% of a class's samples within 3 stds) and the KL of the
+    samples' mode histogram to the mixture's weights (:func:`pdmd_lab.metrics.mode_coverage`)."""
+    cov = metrics.mode_coverage(get_dataset(family).gmm, x, labels)
+    return [("modes covered", f"{cov['modes_covered']}/{cov['modes_expected']}", False),
+            ("mode KL", cov["kl"], True)]
+
+
+def _image_measures(family: str, x, labels) -> list:
+    div = _diversity(x)
+    return [("pairwise distance (pixels)", "n/a (1 sample)" if div is None else div, "higher = more varied")]
+
+
+def _tokens_measures(family: str, x, labels) -> list:
     """Token pairs with an exact joint: the TV to it; binary images: the Hamming diversity."""
     from pdmd_lab.discrete.metrics import hamming_diversity
 
     if _token_joint(family) is not None:
-        return f"TV to the true joint **{token_tv(family, x, labels):.3f}** (lower is better)"
-    return f"Hamming diversity {'n/a (1 sample)' if len(x) < 2 else f'{hamming_diversity(x):.3f}'}"
+        return [("TV to the true joint", token_tv(family, x, labels), True)]
+    return [("Hamming diversity", "n/a (1 sample)" if len(x) < 2 else hamming_diversity(x), "higher = more varied")]
 
 
-# The number under each Compare panel, by the dataset's ``kind``: ``fn(family, samples, labels) -> str``.
-MEASURES = {"2d": _diversity_line, "image": _diversity_line, "tokens": _tokens_line}
+MEASURES = {"2d": _points_measures, "image": _image_measures, "tokens": _tokens_measures}
 
 
-def _measure(family: str, x, labels) -> str:
-    return MEASURES.get(_kind(family), _diversity_line)(family, x, labels)
+def _measures(family: str, x, labels) -> list:
+    return MEASURES.get(_kind(family), _image_measures)(family, x, labels)
 
 
 def tv_floor(family: str, labels) -> float | None:

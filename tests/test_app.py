@@ -75,7 +75,7 @@ def test_generate_panels(client, family):
     for i in available:
         img = _image(images[i])
         assert img.ndim == 3 and img.shape[0] >= 28 and img.shape[1] >= 28
-        assert "NFE" in captions[i] and "ms" in captions[i] and "teacher" in captions[i]
+        assert "NFE" in captions[i] and "ms" in captions[i] and "teacher" in captions[i].lower()
     assert "NFE 100" in captions[0]  # 50 steps with CFG: two evaluations per step
     assert "NFE 1 " in captions[2]  # DMD: one step
     if family == "mnist":  # 2 samples of 28 px, upscaled 3x, tiled side by side
@@ -138,7 +138,7 @@ def test_teacher_cache_computes_a_key_once():
 
 @pytest.mark.parametrize("args, message", [
     ({"seed": -1}, "seed"), ({"seed": 2**31}, "seed"), ({"n": 0}, "number of samples"),
-    ({"n": 65}, "number of samples"), ({"cfg": 11.0}, "CFG"), ({"klass": "99"}, "class"),
+    ({"n": 8193}, "number of samples"), ({"cfg": 11.0}, "CFG"), ({"klass": "99"}, "class"), ({"seed": 1.5}, "seed"),
 ])
 def test_generate_rejects_bad_values(client, args, message):
     with pytest.raises(Exception, match=message):
@@ -203,7 +203,7 @@ def test_collapse_lab(client, monkeypatch):
     assert len(job.outputs()) >= 2  # streamed while training, not only at the end
     with pytest.raises(Exception, match="two different"):
         client.predict("dmd-1s", "dmd-1s", 3.0, 8, api_name="/collapse_lab")
-    with pytest.raises(Exception, match="iterations"):
+    with pytest.raises(Exception, match="generator updates each"):  # the field's own words
         client.predict("dmd-1s", "phased-dmd-4s4p", 3.0, 10_000, api_name="/collapse_lab")
 
 
@@ -319,12 +319,18 @@ def test_discrete_missing_student_leaves_its_panel_empty(monkeypatch):
 
 
 def test_compare_controls_follow_the_family():
-    steps, count, cfg, *labels = app_module.compare_controls(TOKENS)
+    steps, count, cfg, klass, *panels = app_module.compare_controls(TOKENS)
+    images, captions = panels[:6], panels[6:]
     assert steps["visible"] and steps["value"] == "2" and "2" in steps["choices"]
     assert count["value"] == app_module.DEFAULT_PAIR_SAMPLES and "8192" in count["label"] and cfg["value"] == 1.0
-    assert [u["label"] for u in labels][2:4] == ["D-MMD, 2 steps", "D-MMD, 2 steps, without the noise input"]
-    steps, count, *_ = app_module.compare_controls("ring-mix")
-    assert not steps["visible"] and steps["value"] is None and count["value"] == 16
+    assert [c["value"] for c in captions][2:4] == ["**D-MMD, 2 steps**", "**D-MMD, 2 steps, without the noise input**"]
+    assert all(u["value"] is None and u["visible"] for u in images)  # cleared, every panel planned
+    assert klass["choices"] == ["all", "0", "1", "2", "3"] and klass["value"] == "all"  # ring-mix-tokens: 4 classes
+    steps, count, cfg, klass, *_ = app_module.compare_controls("ring-mix")
+    assert not steps["visible"] and steps["value"] is None and count["value"] == app_module.DEFAULT_PAIR_SAMPLES
+    assert klass["choices"] == ["all", "0", "1", "2", "3"]
+    if "mnist" in app_module.get_zoo().families:
+        assert app_module.compare_controls("mnist")[3]["choices"] == ["all", *map(str, range(10))]
 
 
 def test_other_tabs_refuse_the_discrete_family():
@@ -364,7 +370,7 @@ def test_discrete_image_family_shows_grids(monkeypatch):
     *_, last = app_module.generate("mnist-binary", "all", 0, 2, 1.0, None, progress=lambda *a, **k: None)
     images, captions = last[:6], last[6:12]
     assert "NFE 100 " in captions[0] and "NFE 4 " in captions[1] and "NFE 4 " in captions[2]
-    assert "not available" in captions[3]
+    assert captions[3]["visible"] is False  # no no-noise student planned for MNIST: the panel is hidden
     assert all("Hamming diversity" in captions[i] for i in (0, 1, 2, 4))
     for i in (0, 1, 2, 4):  # 2 binary images of 28 px side by side, upscaled 3x
         assert images[i].shape[:2] == (3 * 30, 3 * 59), images[i].shape
