@@ -21,6 +21,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 CONFIG = "config.json"
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"  # the shipped models (pdmd_lab.zoo)
+
+
+def resolve(spec) -> str:
+    """``zoo:<dataset>/<model>`` -> the shipped folder's path; any other spec unchanged (the one place a
+    spec's ``zoo:`` prefix is read; :func:`pdmd_lab.zoo.resolve` is this function)."""
+    spec = str(spec)
+    return str(ASSETS / spec.split(":", 1)[1]) if spec.startswith("zoo:") else spec
 
 
 @contextmanager

@@ -258,9 +258,7 @@ def load_teacher(spec: str | Path, device="cpu") -> Denoiser:
             oracles = ", ".join(n for n, d in DATASETS.items() if d.gmm is not None)
             raise ValueError(f"no oracle for dataset {name!r}: only Gaussian mixtures have one ({oracles})")
         return OracleTeacher(ds.gmm, name)
-    from pdmd_lab.zoo import resolve
-
-    return io.load_folder(resolve(spec), device=device, kinds=("teacher",))
+    return io.load_folder(io.resolve(spec), device=device, kinds=("teacher",))
 
 
 def _teacher_from_folder(path, cfg: dict, device) -> Denoiser:

@@ -16,12 +16,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pdmd_lab import io
-from pdmd_lab.data import get_dataset
-from pdmd_lab.recipes import RECIPES, TEACHER_CFG
-from pdmd_lab.student import Student, TeacherSampler
-from pdmd_lab.teacher import load_teacher
+from pdmd_lab.data import DATASETS
+from pdmd_lab.families import get_family
+from pdmd_lab.io import ASSETS, resolve  # noqa: F401  (zoo.resolve: the one reader of ``zoo:`` specs)
+from pdmd_lab.recipes import RECIPES
+from pdmd_lab.student import Student
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 RUNS = Path("runs/zoo")
 
 
@@ -36,12 +36,6 @@ class Entry:
 
 ENTRIES: list[Entry] = [Entry(name, r["kind"], {k: v for k, v in r.items() if k != "kind"})
                         for name, r in RECIPES.items() if not name.startswith("study/")]
-
-
-def resolve(spec: str) -> str:
-    """``zoo:<family>/<model>`` -> the shipped folder's path; any other spec unchanged (the one place
-    teacher specs' ``zoo:`` prefix is read)."""
-    return str(ASSETS / spec.split(":", 1)[1]) if spec.startswith("zoo:") else spec
 
 
 def parse_name(name: str) -> tuple[str, int | None]:
@@ -61,8 +55,8 @@ def parse_name(name: str) -> tuple[str, int | None]:
 
 
 def list_models(assets: Path = ASSETS) -> list[str]:
-    """Names of the shipped models (teachers of Gaussian-mixture families are oracles, always there)."""
-    names = [f"{f}/teacher" for f in TEACHER_CFG if get_dataset(f).gmm is not None]
+    """Names of the shipped models (teachers with an exact oracle and a teacher CFG are always there)."""
+    names = [f"{d}/teacher" for d in DATASETS if _lists_teacher(d)]
     if assets.exists():
         names += sorted(str(p.parent.relative_to(assets)) for p in assets.glob("*/*/config.json"))
     return names
@@ -73,40 +67,33 @@ def load(name: str, assets: Path = ASSETS, *, steps: int | None = None, cfg: flo
     """Load a shipped model by name (or a folder, or ``oracle:<dataset>``; ``name@steps`` for teachers) as a
     :class:`~pdmd_lab.student.Sampler`.
 
-    Teachers come back as :class:`TeacherSampler` with ``steps`` (default 50) and ``cfg`` (default the
-    family's). Students have their steps and guidance distilled in: with ``strict``, asking a student for
-    ``steps`` or ``cfg`` is an error instead of being ignored.
+    Teachers come back as their family's teacher sampler (:meth:`~pdmd_lab.families.Family.teacher_sampler`:
+    ``steps`` default 50, ``cfg`` default the dataset's); ``<dataset>/teacher`` of a dataset with an exact
+    oracle is the oracle. Students have their steps and guidance distilled in: with ``strict``, asking a
+    student for ``steps`` or ``cfg`` is an error instead of being ignored. ``zoo:<name>`` (how students
+    record a shipped teacher) is the shipped name.
     """
     name, at_steps = parse_name(name)
     steps = at_steps if steps is None else steps
-    from pdmd_lab.discrete.evaluate import masked_spec  # masked-diffusion teachers (pdmd_lab.discrete)
-
-    if (spec := masked_spec(name, assets)) is not None:
-        from pdmd_lab.discrete.method import load_masked_sampler
-
-        return load_masked_sampler(spec, steps=steps, cfg=cfg, name=name)
-    family = name.split("/")[0] if "/" in name else ""
-    if name.startswith("oracle:") or (family in TEACHER_CFG and name.endswith("/teacher")
-                                       and get_dataset(family).gmm is not None):
-        dataset = name.split(":", 1)[1] if name.startswith("oracle:") else family
-        teacher = load_teacher(f"oracle:{dataset}")
-        return TeacherSampler(teacher, steps=steps or 50, cfg=TEACHER_CFG.get(dataset, 1.0) if cfg is None else cfg,
-                              dataset=dataset, shape=get_dataset(dataset).shape, meta={"name": name})
-    path = Path(name) if Path(name).is_dir() else assets / name
+    shipped = name.split(":", 1)[1] if name.startswith("zoo:") else name
+    dataset = name.split(":", 1)[1] if name.startswith("oracle:") else shipped.split("/")[0]
+    if name.startswith("oracle:") or (shipped == f"{dataset}/teacher" and dataset in DATASETS
+                                       and get_family(dataset).has_oracle(dataset)):
+        return get_family(dataset).teacher_sampler(f"oracle:{dataset}", steps=steps, cfg=cfg, name=name)
+    path = Path(shipped) if Path(shipped).is_dir() else assets / shipped
     if not path.is_dir():
         raise ValueError(f"unknown model {name!r}: not a folder and not a shipped model "
                          f"({', '.join(list_models(assets))})")
-    kind = io.read_config(path).get("kind")
+    cfg_ = io.read_config(path)
+    kind = cfg_.get("kind")
     if kind == "student":
         if strict and (steps is not None or cfg is not None):
             raise ValueError(f"{name!r} is a distilled student: its steps and CFG are fixed at training "
                              f"(--steps/--cfg apply to teachers only)")
         return Student.load(path)
-    if kind == "teacher":
-        teacher = load_teacher(path)
-        ds = get_dataset(teacher.dataset)
-        return TeacherSampler(teacher, steps=steps or 50, cfg=TEACHER_CFG.get(ds.name, 1.0) if cfg is None else cfg,
-                              dataset=ds.name, shape=ds.shape, meta={"name": name})
+    family = _folder_family(cfg_)
+    if family is not None and kind == family.teacher_kind:
+        return family.teacher_sampler(str(path), steps=steps, cfg=cfg, name=name)
     if kind in BACKBONE_STUDENTS:  # students of diffusers backbones: they sample latents
         if strict and (steps is not None or cfg is not None):
             raise ValueError(f"{name!r} is a distilled student: its steps and CFG are fixed at training "
@@ -124,12 +111,28 @@ def samples_latents(model) -> bool:
     return getattr(model, "dataset", "") == "prompts"
 
 
+def _lists_teacher(dataset: str) -> bool:
+    try:
+        return get_family(dataset).lists_teacher(dataset)
+    except ValueError:  # a dataset of a kind no family claims: nothing to list
+        return False
+
+
+def _folder_family(cfg: dict):
+    """The family of a model folder's config (by its ``dataset``), or None."""
+    try:
+        return get_family(cfg["dataset"]) if cfg.get("dataset") in DATASETS else None
+    except ValueError:
+        return None
+
+
 def _valid(path: Path, entry: Entry) -> bool:
     try:
         cfg = io.read_config(path)
     except ValueError:
         return False
-    if cfg.get("kind") != entry.kind and not (entry.kind == "teacher" and cfg.get("kind") == "masked-teacher"):
+    kinds = {entry.kind} | ({get_family(entry.args["data"]).teacher_kind} if entry.kind == "teacher" else set())
+    if cfg.get("kind") not in kinds:
         return False
     return entry.kind != "student" or bool(cfg.get("complete"))
 
@@ -153,7 +156,6 @@ def build_zoo(assets: Path = ASSETS, runs: Path = RUNS, *, only: str | None = No
     """
     from pdmd_lab.distill import DistillConfig, distill
     from pdmd_lab.embed import ClassifierConfig, train_classifier
-    from pdmd_lab.teacher import TeacherConfig, train_teacher
 
     built = []
     entries = [e for e in ENTRIES if only is None or only in e.name]
@@ -164,12 +166,9 @@ def build_zoo(assets: Path = ASSETS, runs: Path = RUNS, *, only: str | None = No
         run = runs / e.name
         t0 = time.time()
         cmd = f"pdmd-lab build-zoo --only {e.name}"
-        if e.kind == "teacher" and get_dataset(e.args["data"]).kind == "tokens":  # masked diffusion
-            from pdmd_lab.discrete.teacher import MaskedTeacherConfig, train_masked_teacher
-
-            train_masked_teacher(MaskedTeacherConfig(**e.args), run, command=cmd, progress=progress)
-        elif e.kind == "teacher":
-            train_teacher(TeacherConfig(**e.args), run, command=cmd, progress=progress)
+        if e.kind == "teacher":  # the dataset's family trains it (flow matching, masked diffusion...)
+            family = get_family(e.args["data"])
+            family.train_teacher(family.teacher_config(**e.args), run, command=cmd, progress=progress)
         elif e.kind == "classifier":
             if not _valid(run, e):
                 train_classifier(ClassifierConfig(**e.args), run, progress=progress)

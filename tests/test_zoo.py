@@ -69,7 +69,8 @@ def test_build_zoo_trains_masked_teachers_and_d_mmd_students(monkeypatch, tmp_pa
     student distils from it by its ``zoo:`` name; both export, and a second call skips them."""
     from pdmd_lab import io
 
-    monkeypatch.setattr(zoo, "ASSETS", tmp_path / "assets")  # zoo: names resolve here
+    monkeypatch.setattr(zoo, "ASSETS", tmp_path / "assets")
+    monkeypatch.setattr(io, "ASSETS", tmp_path / "assets")  # zoo: names resolve here (io.resolve)
     entries = [zoo.Entry("ring-mix-tokens/teacher", "teacher", {"data": "ring-mix-tokens", "iters": 3,
                                                                   "batch_size": 16, "checkpoint_every": 3}),
                zoo.Entry("ring-mix-tokens/d-mmd-2s", "student",

@@ -107,9 +107,7 @@ def load_masked_teacher(spec: str | Path, device="cpu") -> nn.Module:
             raise ValueError(f"no masked-diffusion oracle for dataset {name!r}{hint}; "
                              f"oracles: {', '.join(ORACLES)}")
         return TokenOracle(ORACLES[name](ds.vocab_size), name).to(device)
-    from pdmd_lab.zoo import resolve
-
-    spec = resolve(spec)
+    spec = io.resolve(spec)
     cfg = io.read_config(spec)
     if cfg.get("kind") == "teacher":
         raise ValueError(f"{spec!r} is a continuous (flow-matching) teacher; masked diffusion needs a "
@@ -126,9 +124,7 @@ def load_masked_teacher(spec: str | Path, device="cpu") -> nn.Module:
 def is_masked_teacher_spec(spec: str | Path) -> bool:
     """Whether ``spec`` names a masked-diffusion teacher (``oracle:<token dataset>``, a masked-teacher folder
     or its ``zoo:`` name)."""
-    from pdmd_lab.zoo import resolve
-
-    spec = resolve(str(spec))
+    spec = io.resolve(str(spec))
     if spec.startswith("oracle:"):
         name = spec.split(":", 1)[1]
         return name in DATASETS and DATASETS[name].kind == "tokens"

@@ -59,7 +59,7 @@ class Family:
     tokens: ``"masked-teacher"``).
     ``model_kinds``: every folder kind a model of this family may have (teachers and ``"student"``).
     ``metrics``: the :class:`Metric` s it reports, in table order (:meth:`columns` picks those present).
-    ``default_teacher_steps``: the teacher's step count when none is given (50; tokens: 100).
+    ``default_teacher_steps``: the teacher's step count when none is given (50).
 
     Everything that takes a ``dataset`` accepts a dataset name or a :class:`~pdmd_lab.data.Dataset`.
     """
@@ -142,8 +142,8 @@ class Family:
         """The network config the kit trains for ``dataset`` (teachers, and students fitted to an oracle)."""
         raise ValueError(f"family {self.name!r} has no default network")
 
-    def teacher_config(self, dataset, **fields):
-        """The teacher-training config (a dataclass) for ``dataset``; ``fields`` given as None take the
+    def teacher_config(self, data, **fields):
+        """The teacher-training config (a dataclass) for dataset ``data``; ``fields`` given as None take the
         family's defaults (batch size, learning rate)."""
         raise ValueError(f"family {self.name!r} does not train teachers here")
 
@@ -213,12 +213,15 @@ class Family:
         """The direction of metric ``key`` (None: no direction, or not one of this family's metrics)."""
         return next((m.lower_is_better for m in self.metrics if m.key == key), None)
 
-    def evaluate(self, models: dict, *, n: int, seed: int = 0, batch_size: int = 250, reference: str | None = None,
-                 load: Callable, progress: bool = True) -> dict:
+    def evaluate(self, models: dict, *, n: int, seed: int = 0, batch_size: int | None = None,
+                 reference: str | None = None, load: Callable, progress: bool = True) -> dict:
         """Score loaded models of one dataset side by side (``pdmd-lab evaluate``).
 
         ``models``: ``{row name: Sampler}``, all of one dataset; ``load(name)`` loads more rows (the
         family adds its teacher rows itself: the teacher at 50, 4, 1 steps; tokens: at ``k``, ``4k``, 100).
+        ``batch_size`` None: the family's own (250 flow-matching; 500 tokens: the seeds are per batch, so
+        the batch size is part of the numbers). ``reference``: a model name (flow-matching: the reference
+        set, default the teacher at 50 steps; tokens: the teacher spec, default the students' teacher).
         Same labels (classes cycling) and same noise for every model. Returns ``{"family": <dataset>,
         "n", "seed", "rows": {name: {metric: value}}, "floor": {...}, ...}``; :meth:`markdown_table`
         renders it.
