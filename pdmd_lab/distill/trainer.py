@@ -82,6 +82,7 @@ class Distiller:
         self.iters_per_phase = config.iters // method.num_phases
         self.total_iters = config.iters
         self.it, self.phase, self.wall = 0, 0, 0.0
+        self._phases: dict[int, tuple] = {}  # phase -> (generator, critic, their optimizers), prepared
         state = self._read_train_state() if self.out is not None else None
         experts = method.build_experts(self.init_net)
         student_class = getattr(self.init_net, "student_class", Student)  # e.g. adapters-only LoRA students
@@ -109,20 +110,32 @@ class Distiller:
 
     # Phases and optimizers ---------------------------------------------------------------------
     def _start_phase(self, phase: int) -> None:
-        """Train expert ``phase`` from now on: freeze the others, new optimizers, a new critic."""
-        c = self.config
+        """Train expert ``phase`` from now on: freeze the others, switch to its critic and optimizers.
+
+        A phase's critic and optimizers are built the first time it is trained. A progressive schedule
+        never returns to a phase, so its nets are dropped when the next one starts (a new critic per
+        phase); a schedule that revisits phases (``method.revisits_phases``) keeps each phase's own.
+        """
         self.phase = phase
+        if phase not in self._phases:
+            if not self.method.revisits_phases:
+                self._phases.clear()
+            self._phases[phase] = self._build_phase(phase)
         for k, e in enumerate(self.student.experts):
             e.requires_grad_(k == phase).train(k == phase)
+        self.generator, self.critic, self.opt_generator, self.opt_critic = self._phases[phase]
+
+    def _build_phase(self, phase: int) -> tuple:
+        """Expert ``phase`` (trainable), a new critic and both optimizers, prepared for data parallel."""
+        c = self.config
+        generator = self.student.experts[phase].requires_grad_(True)
         critic = self.method.build_critic(self.init_net, phase).to(self.device).requires_grad_(True).train()
-        generator = self.student.experts[phase]
         betas = (0.0, 0.999)  # Phased DMD / DMD2 setting for both nets
         trainable = [p for p in generator.parameters() if p.requires_grad]
         opt_generator = torch.optim.AdamW(trainable, lr=c.lr_generator, betas=betas, weight_decay=0.0)
         opt_critic = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=c.lr_fake,
                                        betas=betas, weight_decay=0.0)
-        self.generator, self.critic, self.opt_generator, self.opt_critic = self.accelerator.prepare(
-            generator, critic, opt_generator, opt_critic)
+        return tuple(self.accelerator.prepare(generator, critic, opt_generator, opt_critic))
 
     def _draw(self, it: int, stream: int) -> Draw:
         return Draw(iteration_generator(self.config.seed, it, stream), self.config.batch_size, self.rank,
@@ -172,7 +185,7 @@ class Distiller:
                    disable=not (self.progress and main), desc=f"{c.method} {self.student.dataset}")
         t0, wall0 = time.time(), self.wall
         for it in bar:
-            phase = it // self.iters_per_phase
+            phase = self.method.phase_at(it, self.config.iters)  # the method's schedule
             if phase != self.phase:
                 self._start_phase(phase)
             self.it = it
@@ -227,13 +240,43 @@ class Distiller:
         opt_f, meta_f = io.flatten_optimizer(_raw(self.opt_critic), "optfake")
         tensors.update(opt_g)
         tensors.update(opt_f)
+        others = self._other_phases_state(tensors)
         io.save_folder(self.out / "train_state", {
             "kind": "distill-train-state", "config": asdict(c), "iter": self.it, "phase": self.phase,
-            "wall_time_s": self.wall, "opt_generator": meta_g, "opt_fake": meta_f}, {"state": tensors})
+            "wall_time_s": self.wall, "opt_generator": meta_g, "opt_fake": meta_f, **others}, {"state": tensors})
         complete = self.it >= self.total_iters
         self.student.save(self.out, {"iters": self.it, "complete": complete, "wall_time_s": round(self.wall, 1),
                                      "seed": c.seed, "command": self.command, "train": c.flat(),
                                      "processes": self.world})
+
+    def _other_phases_state(self, tensors: dict) -> dict:
+        """Critics and optimizers of the kept phases other than the current one (schedules that revisit
+        phases): adds ``fake<k>.*``, ``optgen<k>.*``, ``optfake<k>.*`` to ``tensors``, returns their JSON."""
+        meta = {}
+        for k, (_, critic, opt_g, opt_f) in sorted(self._phases.items()):
+            if k == self.phase:
+                continue
+            module = self.accelerator.unwrap_model(critic)
+            if not all(torch.isfinite(p).all() for p in module.parameters()):
+                raise RuntimeError(f"non-finite fake score {k + 1} weights at iteration {self.it}"
+                                   f"{self._checkpoint_note()}")
+            tensors.update({f"fake{k}.{n}": v for n, v in module.state_dict().items()})
+            (tg, mg), (tf, mf) = io.flatten_optimizer(_raw(opt_g), f"optgen{k}"), io.flatten_optimizer(
+                _raw(opt_f), f"optfake{k}")
+            tensors.update({**tg, **tf})
+            meta[str(k)] = {"opt_generator": mg, "opt_fake": mf}
+        return {"other_phases": meta} if meta else {}
+
+    def _load_other_phases(self, st: dict) -> None:
+        t = st["tensors"]
+        for key, m in st.get("other_phases", {}).items():
+            k = int(key)
+            self._phases[k] = self._build_phase(k)
+            _, critic, opt_g, opt_f = self._phases[k]
+            io.load_weights(self.accelerator.unwrap_model(critic), _part(t, f"fake{k}"), str(self.out))
+            io.unflatten_optimizer(_raw(opt_g), t, m["opt_generator"], f"optgen{k}")
+            io.unflatten_optimizer(_raw(opt_f), t, m["opt_fake"], f"optfake{k}")
+        self._start_phase(self.phase)  # the trainable flags of the current phase again
 
     def _read_train_state(self) -> dict | None:
         st = read_train_state(self.out)
@@ -250,6 +293,7 @@ class Distiller:
         io.load_weights(self.critic_module, _part(t, "fake"), str(self.out))
         io.unflatten_optimizer(_raw(self.opt_generator), t, st["opt_generator"], "optgen")
         io.unflatten_optimizer(_raw(self.opt_critic), t, st["opt_fake"], "optfake")
+        self._load_other_phases(st)
         self.it, self.wall = st["iter"], st["wall_time_s"]
         if self.accelerator.is_main_process:  # a run killed after its last checkpoint logged iterations past it
             io.truncate_log(self.out / "log.jsonl", self.it)
@@ -275,9 +319,7 @@ def normalise_teacher_spec(spec: str) -> str:
     if spec.startswith("oracle:"):
         return spec
     if spec.startswith("zoo:"):
-        from pdmd_lab.zoo import resolve
-
-        spec = resolve(spec)
+        spec = io.resolve(spec)
     prefix, sep, rest = spec.partition(":")
     if sep and len(prefix) > 1 and not Path(spec).exists():  # a registered spec such as diffusers:PATH
         return f"{prefix}:{os.path.abspath(rest)}" if Path(rest).exists() else spec
