@@ -221,3 +221,85 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     else:
         out = vae.decode(x / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0), return_dict=False)[0]
     return (out.float() / 2 + 0.5).clamp(0, 1)
+
+
+def has_vae(folder) -> bool:
+    """Whether ``folder`` is a pipeline folder with a VAE that :func:`load_vae` can load (reads JSON only)."""
+    import json
+
+    root = Path(folder)
+    index = root / "model_index.json"
+    try:
+        entry = json.loads(index.read_text()).get("vae") if index.is_file() else None
+    except ValueError:
+        return False
+    return bool(entry) and entry[1] is not None and (root / "vae" / "config.json").is_file()
+
+
+def model_folder(model) -> str | None:
+    """The diffusers folder a kit sampler of a real backbone was loaded from (a teacher or a student's base)."""
+    for e in getattr(model, "experts", []):
+        e = getattr(e, "backbone", e)
+        path = getattr(getattr(e, "config", None), "path", None)
+        if path and getattr(e.config, "model_class", ""):
+            return str(path)
+    return None
+
+
+def decoder_folder(model, vae=None, out=None) -> str:
+    """The pipeline folder whose VAE decodes ``model``'s latents: ``vae`` if given, else the model's own
+    folder; ValueError (naming both ways out) when it has none, or when ``out`` is a ``.gif`` for images."""
+    if out is not None and Path(out).suffix.lower() == ".gif" and len(getattr(model, "shape", ())) != 4:
+        raise ValueError(f"{str(out)!r}: a GIF is for video models; these samples are images (use .png)")
+    src = vae or model_folder(model)
+    if src is None:
+        raise ValueError("the model is not a diffusers backbone: nothing to decode")
+    if not has_vae(src):
+        raise ValueError(f"{str(src)!r} has no VAE to decode the latents (a pipeline folder with vae/ is needed): "
+                         f"give --vae PIPELINE_FOLDER, or --out NAME.safetensors to write the latents")
+    return str(src)
+
+
+def write_gif(clips: torch.Tensor, path, *, duration_ms: int = 125) -> Path:
+    """Decoded clips ``(N, 3, F, H, W)`` in [0, 1], side by side, as one looping animated GIF (Pillow)."""
+    import numpy as np
+    from PIL import Image
+
+    if clips.ndim != 5 or clips.shape[1] != 3:
+        raise ValueError(f"clips must be (N, 3, F, H, W), got shape {tuple(clips.shape)}")
+    x = (clips.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()  # (N, 3, F, H, W)
+    n, _, f, h, w = x.shape
+    gap = 2
+    canvas = np.full((f, h, n * (w + gap) - gap, 3), 255, np.uint8)
+    for i in range(n):
+        canvas[:, :, i * (w + gap):i * (w + gap) + w] = x[i].transpose(1, 2, 3, 0)
+    frames = [Image.fromarray(c) for c in canvas]
+    path = Path(path)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
+    return path
+
+
+def write_decoded(model, latents: torch.Tensor, path, *, vae=None, title: str = "") -> Path:
+    """Decode a backbone sampler's latents with the local VAE and write them to ``path``.
+
+    Images: a grid figure (``.png``, ``.jpg``, ``.pdf``, ``.svg``). Video: an animated ``.gif`` of the clips
+    side by side, or for a still format a grid with one row per clip and one column per frame.
+    """
+    from pdmd_lab import viz
+
+    x = decode_latents(load_vae(decoder_folder(model, vae)), latents)
+    path = Path(path)
+    video = x.ndim == 5
+    if path.suffix.lower() == ".gif":
+        if not video:
+            raise ValueError(f"{str(path)!r}: a GIF is for video models; these samples are images (use .png)")
+        return write_gif(x, path)
+    if video:
+        n, _, f = x.shape[:3]
+        rows = {f"clip {i}": x[i].transpose(0, 1) * 2 - 1 for i in range(n)}  # (F, 3, H, W) per row
+        fig = viz.image_grid_figure(rows, title=title or None, column_labels=[f"frame {k}" for k in range(f)])
+    else:
+        rows = {f"{i}-{min(i + 8, len(x)) - 1}": x[i:i + 8] * 2 - 1 for i in range(0, len(x), 8)}  # 8 a row
+        fig = viz.image_grid_figure(rows, title=title or None)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
