@@ -21,31 +21,21 @@ def _command_line() -> str:
 
 
 def cmd_train_teacher(a) -> None:
-    from pdmd_lab.data import get_dataset
-    from pdmd_lab.teacher import TeacherConfig, train_teacher
+    from pdmd_lab.families import get_family
 
-    if get_dataset(a.data).kind == "tokens":  # masked diffusion (pdmd_lab.discrete)
-        from pdmd_lab.discrete.teacher import MaskedTeacherConfig, train_masked_teacher
-
-        cfg = MaskedTeacherConfig(data=a.data, iters=a.iters, seed=a.seed, batch_size=a.batch_size or 64,
-                                  lr=a.lr or 1e-3, checkpoint_every=a.checkpoint_every)
-        out = safety.run_folder(a.out, "masked-teacher-train-state", restart=a.restart, overwrite=a.overwrite)
-        print(f"teacher written to {train_masked_teacher(cfg, out, resume=not a.restart, command=_command_line())}")
-        return
-    defaults = {"batch_size": 256, "lr": 1e-3} if a.data not in ("mnist", "digits") else {"batch_size": 64, "lr": 1e-3}
-    cfg = TeacherConfig(data=a.data, iters=a.iters, seed=a.seed,
-                        batch_size=a.batch_size or defaults["batch_size"], lr=a.lr or defaults["lr"],
-                        checkpoint_every=a.checkpoint_every)
-    out = safety.run_folder(a.out, "teacher-train-state", restart=a.restart, overwrite=a.overwrite)
-    out = train_teacher(cfg, out, resume=not a.restart, command=_command_line())
+    family = get_family(a.data)  # the dataset's family trains it (flow matching, masked diffusion...)
+    cfg = family.teacher_config(a.data, iters=a.iters, seed=a.seed, batch_size=a.batch_size, lr=a.lr,
+                                checkpoint_every=a.checkpoint_every)
+    out = safety.run_folder(a.out, f"{family.teacher_kind}-train-state", restart=a.restart, overwrite=a.overwrite)
+    out = family.train_teacher(cfg, out, resume=not a.restart, command=_command_line())
     print(f"teacher written to {out}")
 
 
 def cmd_sample(a) -> None:
     import torch
 
-    from pdmd_lab import viz, zoo
-    from pdmd_lab.data import get_dataset
+    from pdmd_lab import zoo
+    from pdmd_lab.families import get_family
 
     safety.output_file(a.out, overwrite=a.overwrite, suffixes=(*FIGURE_SUFFIXES, ".safetensors"))
     model = zoo.load(a.model, steps=a.steps, cfg=a.cfg, strict=True)
@@ -61,10 +51,8 @@ def cmd_sample(a) -> None:
         io.save_weights_file(safety.make_parent(a.out), {"samples": x, "labels": labels})
         print(f"wrote {a.out} (samples {tuple(x.shape)}, labels)")
         return
-    figure = viz.samples_figure
-    if get_dataset(model.dataset).kind == "tokens":  # masked diffusion (pdmd_lab.discrete)
-        from pdmd_lab.discrete.viz import samples_figure as figure
-    fig = figure(x, labels, dataset=model.dataset, title=f"{a.model}: {model.describe()}, NFE {model.nfe}")
+    fig = get_family(model).samples_figure(x, labels, dataset=model.dataset,
+                                           title=f"{a.model}: {model.describe()}, NFE {model.nfe}")
     fig.savefig(safety.make_parent(a.out), dpi=120, bbox_inches="tight")
     print(f"wrote {a.out}")
 
@@ -220,102 +208,21 @@ def cmd_list(a) -> None:
     print("\n".join(zoo.list_models()))
 
 
-def comparison_names(family: str) -> list[str]:
-    """The rows of every comparison: the teacher at 50, 4 and 1 Euler steps, then each shipped student."""
-    from pdmd_lab import zoo
-
-    students = [n for n in zoo.list_models() if n.startswith(family + "/") and n.split("/")[1] not in
-                ("teacher", "classifier")]
-    return [f"{family}/teacher@50", f"{family}/teacher@4", f"{family}/teacher@1", *students]
-
-
-def load_row(name: str):
-    """``family/model@steps``: a shipped model, teachers cut to ``steps`` Euler steps."""
-    from pdmd_lab import zoo
-
-    return zoo.load(name)
-
-
 def cmd_figures(a) -> None:
-    import torch
+    from pdmd_lab import zoo
+    from pdmd_lab.families import get_family
 
-    from pdmd_lab import viz
-    from pdmd_lab.data import get_dataset
-
-    out, ds = Path(a.out), get_dataset(a.family)
-    safety.check_label(a.label, ds.num_classes)
-    name = (f"per_exit_{a.family}.json" if a.per_exit else f"{a.family}_steps.png" if ds.kind == "tokens" and
-            len(ds.shape) == 1 else f"{a.family}_class{a.label}.png" if ds.kind == "tokens" else
-            f"{a.family}_methods_class{a.label}.png" if ds.kind == "image" else f"{a.family}_methods_scatter.png")
+    out, family = Path(a.out), get_family(a.family)
+    safety.check_label(a.label, family.num_classes(a.family))
+    name = f"per_exit_{a.family}.json" if a.per_exit else family.default_figure_name(a.family, label=a.label)
     safety.output_files(out, [name], overwrite=a.overwrite)  # before any sampling
     out.mkdir(parents=True, exist_ok=True)
     if a.per_exit:
         _per_exit_figures(a, out)
         return
-    if ds.kind == "tokens":  # masked diffusion: the k-step teacher, D-MMD and its no-noise ablation per k
-        _discrete_figures(a, out)
-        return
-    names = comparison_names(a.family)
-    if ds.kind == "image":
-        labels = torch.full((a.n,), a.label)
-        noise = torch.randn((a.n, *ds.shape), generator=torch.Generator().manual_seed(a.seed))
-        rows, captions = {}, {}
-        for name in names:
-            m = load_row(name)
-            rows[name] = m.sample(labels, seed=a.seed, noise=noise)
-            captions[name] = f"NFE {m.nfe}"
-        fig = viz.image_grid_figure(rows, captions=captions, title=f"class {a.label}, seeds shared across rows",
-                                    column_labels=[f"#{i}" for i in range(a.n)])
-        path = out / f"{a.family}_methods_class{a.label}.png"
-    else:
-        labels = torch.arange(2000) % ds.num_classes
-        samples = {name: (load_row(name).sample(labels, seed=a.seed), labels) for name in names}
-        fig = viz.scatter_figure(samples, ds.gmm, title=f"{a.family}: same noise for every method")
-        path = out / f"{a.family}_methods_scatter.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    print(f"wrote {path}")
-
-
-def _discrete_figures(a, out: Path) -> None:
-    """``figures --family <token dataset>``: per step count ``k``, the teacher at ``k`` steps, the shipped D-MMD
-    student and its no-noise ablation (toy: joint histograms with TV; MNIST: grids of class ``--label``)."""
-    import torch
-
-    from pdmd_lab import zoo
-    from pdmd_lab.data import get_dataset
-    from pdmd_lab.discrete import viz as dviz
-    from pdmd_lab.discrete.evaluate import FULL_STEPS
-
-    ds = get_dataset(a.family)
-    students = [n for n in zoo.list_models() if n.startswith(a.family + "/") and n.split("/")[1] != "teacher"]
-    if not students:
-        raise ValueError(f"no shipped students of {a.family!r} (run `pdmd-lab build-zoo --only {a.family}`)")
-    loaded = {n: zoo.load(n) for n in students}  # each student loaded once
-    by_k: dict[int, list[str]] = {}
-    for n, m in loaded.items():
-        by_k.setdefault(m.num_steps, []).append(n)
-    teacher = f"{a.family}/teacher"
-    if len(ds.shape) == 1:  # the two-token toy
-        labels = torch.arange(a.n_points) % ds.num_classes
-        rows = {}
-        for k in sorted(by_k):
-            models = {f"teacher, {k} step{'s' if k > 1 else ''}": zoo.load(f"{teacher}@{k}")}
-            models.update({n.split("/")[1]: loaded[n] for n in sorted(by_k[k], key=lambda n: "no-noise" in n)})
-            rows[k] = {name: (m.sample(labels, seed=a.seed), labels) for name, m in models.items()}
-        fig = dviz.steps_comparison_figure(rows, dataset=a.family)
-        path = out / f"{a.family}_steps.png"
-    else:
-        labels = torch.full((a.n,), a.label)
-        names = [f"{teacher}@{FULL_STEPS}"]
-        for k in sorted(by_k, reverse=True):
-            names += [f"{teacher}@{k}", *sorted(by_k[k])]
-        rows, captions = {}, {}
-        for name in names:
-            m = loaded.get(name) or zoo.load(name)
-            rows[name] = m.sample(labels, seed=a.seed)
-            captions[name] = f"NFE {m.nfe}"
-        fig = dviz.grid_figure(rows, captions=captions, title=f"{a.family}, class {a.label}")
-        path = out / f"{a.family}_class{a.label}.png"
+    fig, name = family.default_figure(a.family, shipped=zoo.list_models(), load=zoo.load, seed=a.seed,
+                                      label=a.label, n=a.n, n_points=a.n_points)
+    path = out / name
     fig.savefig(path, dpi=110, bbox_inches="tight")
     print(f"wrote {path}")
 
@@ -348,7 +255,6 @@ def _per_exit_figures(a, out: Path) -> None:
 
 def cmd_evaluate(a) -> None:
     from pdmd_lab import evaluate
-    from pdmd_lab.discrete import evaluate as discrete
 
     names = [m for m in a.models.split(",") if m]
     from pdmd_lab import latents
@@ -360,13 +266,8 @@ def cmd_evaluate(a) -> None:
     if backbone:
         print(latents.markdown_table(latents.evaluate_latents(names, n=a.n, seed=a.seed, out=a.out)))
         return
-    if any(discrete.is_discrete(m) for m in names):  # masked-diffusion models: exact joint / binarised metrics
-        print(discrete.markdown_table(discrete.evaluate_discrete(names, n=a.n, seed=a.seed,
-                                                                 out=Path(a.out) if a.out else None)))
-        return
-    res = evaluate.evaluate_models([m for m in a.models.split(",") if m], n=a.n, seed=a.seed,
-                                   out=Path(a.out) if a.out else None)
-    print(evaluate.markdown_table(res))
+    res = evaluate.evaluate_models(names, n=a.n, seed=a.seed, out=Path(a.out) if a.out else None)
+    print(evaluate.markdown_table(res))  # the family's table (flow matching, tokens...)
 
 
 def cmd_bench(a) -> None:
