@@ -457,7 +457,7 @@ def test_figures_of_the_shipped_toy_students(tmp_path, capsys):
     from matplotlib.figure import Figure
 
     from pdmd_lab.cli import main
-    from pdmd_lab.discrete import viz as dviz
+    from pdmd_lab.families import tokens as dviz
 
     assert main(["--threads", "1", "figures", "--family", "ring-mix-tokens", "--n-points", "800",
                  "--out", str(tmp_path)]) == 0

@@ -203,6 +203,11 @@ class Family:
         """
         raise ValueError(f"family {self.name!r} has no comparison figure")
 
+    def default_figure_name(self, dataset, *, label: int = 0) -> str:
+        """The file name :meth:`default_figure` returns, known before anything is sampled (so the CLI checks
+        the output before the work)."""
+        return f"{self.dataset(dataset).name}_methods.png"
+
     # Metrics and evaluation -----------------------------------------------------------------------
 
     def columns(self, rows: dict) -> list[Metric]:

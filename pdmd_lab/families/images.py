@@ -122,4 +122,7 @@ class ImagesFamily(ContinuousFamily):
             captions[name] = f"NFE {m.nfe}"
         fig = viz.image_grid_figure(rows, captions=captions, title=f"class {label}, seeds shared across rows",
                                     column_labels=[f"#{i}" for i in range(n)])
-        return fig, f"{ds.name}_methods_class{label}.png"
+        return fig, self.default_figure_name(ds, label=label)
+
+    def default_figure_name(self, dataset, *, label=0):
+        return f"{self.dataset(dataset).name}_methods_class{label}.png"

@@ -126,7 +126,10 @@ class PointsFamily(ContinuousFamily):
         labels = cycling_labels(2000, ds.num_classes)
         samples = {name: (load(name).sample(labels, seed=seed), labels) for name in names}
         fig = viz.scatter_figure(samples, ds.gmm, title=f"{ds.name}: same noise for every method")
-        return fig, f"{ds.name}_methods_scatter.png"
+        return fig, self.default_figure_name(ds)
+
+    def default_figure_name(self, dataset, *, label=0):
+        return f"{self.dataset(dataset).name}_methods_scatter.png"
 
 
 def comparison_names(dataset: str, shipped: list[str]) -> list[str]:

@@ -285,7 +285,7 @@ class TokensFamily(Family):
                 models = {f"teacher, {k} step{'s' if k > 1 else ''}": load(f"{teacher}@{k}")}
                 models.update({m.split("/")[1]: loaded[m] for m in sorted(by_k[k], key=lambda m: "no-noise" in m)})
                 rows[k] = {name: (model.sample(labels, seed=seed), labels) for name, model in models.items()}
-            return steps_comparison_figure(rows, dataset=ds.name), f"{ds.name}_steps.png"
+            return steps_comparison_figure(rows, dataset=ds.name), self.default_figure_name(ds)
         labels = torch.full((n,), label)
         names = [f"{teacher}@{FULL_STEPS}"]
         for k in sorted(by_k, reverse=True):
@@ -296,7 +296,11 @@ class TokensFamily(Family):
             rows[name] = model.sample(labels, seed=seed)
             captions[name] = f"NFE {model.nfe}"
         fig = grid_figure(rows, captions=captions, title=f"{ds.name}, class {label}")
-        return fig, f"{ds.name}_class{label}.png"
+        return fig, self.default_figure_name(ds, label=label)
+
+    def default_figure_name(self, dataset, *, label=0):
+        ds = self.dataset(dataset)
+        return f"{ds.name}_steps.png" if len(ds.shape) == 1 else f"{ds.name}_class{label}.png"
 
     # Evaluation -----------------------------------------------------------------------------------
 
