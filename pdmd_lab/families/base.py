@@ -242,6 +242,14 @@ class Family:
             lines.append(f"| {name} | " + " | ".join(_fmt(r.get(m.key)) for m in cols) + " |")
         return "\n".join(lines) + "\n"
 
+    # ``pdmd-lab study`` rows: the metric keys a run reports (None: the study's 2D set) and how a run is scored.
+    study_metrics: ClassVar[tuple[str, ...] | None] = None
+
+    def study_scores(self, dataset, model, *, seed: int, n: int) -> dict | None:
+        """The scores of one study run of ``model`` (``n`` samples, ``seed``), keys :attr:`study_metrics`;
+        None: the study scores it with its 2D metrics against the teacher (points)."""
+        return None
+
     def diversity(self, dataset, x: torch.Tensor, labels: torch.Tensor, *, classifier=None) -> dict:
         """Diversity logs of a student's samples during training (``div_*`` keys), for
         :class:`~pdmd_lab.evaluate.DiversityMonitor`."""
