@@ -97,10 +97,10 @@ def check_not_in_package(path, option: str = "--out") -> None:
                          f"(default outputs go under ./runs/)")
 
 
-def _check_writable(path: Path, option: str) -> None:
-    """The nearest existing ancestor of ``path`` must be a folder we may write into."""
+def _check_writable(path: Path, option: str, *, is_file: bool = False) -> None:
+    """The nearest existing ancestor of ``path`` (of its folder, for a file) must be a folder we may write into."""
     p = Path(os.path.abspath(path))
-    for a in [p, *p.parents]:
+    for a in ([] if is_file else [p]) + list(p.parents):
         if a.exists():
             if not a.is_dir():
                 raise ValueError(f"{option} {str(path)!r}: {str(a)!r} is a file, not a folder")
@@ -188,7 +188,7 @@ def output_file(path, *, option: str = "--out", overwrite: bool = False,
         raise ValueError(f"{option} {str(path)!r} is an existing folder, not a file")
     if path.exists() and not overwrite:
         raise ValueError(f"{option} {str(path)!r} already exists; pass --overwrite to replace it")
-    _check_writable(path, option)
+    _check_writable(path, option, is_file=True)
     return path
 
 
