@@ -37,12 +37,16 @@ def cmd_sample(a) -> None:
     from pdmd_lab import zoo
     from pdmd_lab.families import get_family
 
-    safety.output_file(a.out, overwrite=a.overwrite, suffixes=(*FIGURE_SUFFIXES, ".safetensors"))
+    safety.output_file(a.out, overwrite=a.overwrite, suffixes=(*FIGURE_SUFFIXES, ".gif", ".safetensors"))
     model = zoo.load(a.model, steps=a.steps, cfg=a.cfg, strict=True)
     tensors = Path(a.out).suffix.lower() == ".safetensors"  # the samples themselves (latents, points, images)
-    if zoo.samples_latents(model) and not tensors:
-        raise ValueError(f"{a.model!r} samples latents of a diffusers model: give --out NAME.safetensors (decoding "
-                         f"them needs the pipeline's VAE: `pdmd-lab diversity`)")
+    decode = zoo.samples_latents(model) and not tensors  # latents of a diffusers model, decoded by its local VAE
+    if decode:
+        from pdmd_lab.backbones.pipelines import decoder_folder, write_decoded
+
+        vae_folder = decoder_folder(model, a.vae or None, a.out)  # checked before sampling
+    elif a.vae or Path(a.out).suffix.lower() == ".gif":
+        raise ValueError("--vae and .gif outputs apply to models of diffusers backbones (decoded latents)")
     if a.label is not None and not 0 <= a.label < model.num_classes:
         raise ValueError(f"--label must be in [0, {model.num_classes - 1}], got {a.label}")
     labels = torch.arange(a.n) % model.num_classes if a.label is None else torch.full((a.n,), a.label)
@@ -50,6 +54,11 @@ def cmd_sample(a) -> None:
     if tensors:
         io.save_weights_file(safety.make_parent(a.out), {"samples": x, "labels": labels})
         print(f"wrote {a.out} (samples {tuple(x.shape)}, labels)")
+        return
+    if decode:
+        write_decoded(model, x, safety.make_parent(a.out), vae=vae_folder,
+                      title=f"{Path(a.model).name}: {model.describe()}, NFE {model.nfe}")
+        print(f"wrote {a.out} (decoded with the VAE of {vae_folder})")
         return
     fig = get_family(model).samples_figure(x, labels, dataset=model.dataset,
                                            title=f"{a.model}: {model.describe()}, NFE {model.nfe}")
@@ -284,7 +293,8 @@ def cmd_diversity(a) -> None:
 
     res = diversity.run_diversity(diversity.config_from_cli(vars(a)), a.out, progress=not a.quiet)
     print(diversity.markdown_table(res))
-    print(f"wrote {a.out}/diversity.json, diversity.csv, diversity.md and {len(res['sheets'])} contact sheet(s)")
+    sheets = f" and {len(res['sheets'])} contact sheet(s) in sheets/" if res["sheets"] else ""
+    print(f"wrote {a.out}/diversity.json, diversity.csv, diversity.md{sheets}")
 
 
 def default_threads() -> int:
@@ -339,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/samples.png", help="figure file (.png, .pdf, .svg, .jpg; its folder "
                    "is created; an existing file is kept unless --overwrite)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    s.add_argument("--vae", default="", help="students of diffusers models: the pipeline folder whose vae/ decodes "
+                   "the latents (default: the student's base folder); .gif writes video as an animation")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("distill", help="distill a teacher into a few-step student (resumable)")

@@ -427,9 +427,9 @@ def load_kit_rows(cfg: DiversityConfig):
     if len(families) != 1:
         raise ValueError(f"--models mixes datasets {sorted(families)}; compare models of one dataset")
     ds = get_dataset(families.pop())
-    if ds.kind != "image":
-        raise ValueError(f"dataset {ds.name!r} is {ds.kind!r} data; the diversity protocol embeds images "
-                         f"(use `pdmd-lab evaluate` for it)")
+    if len(ds.shape) != 3 and not _draws_frames(ds):
+        raise ValueError(f"dataset {ds.name!r} holds neither images nor clips of a point; the diversity protocol "
+                         f"embeds images (use `pdmd-lab evaluate` for it)")
     if cfg.prompts:
         lines = [s.strip() for s in Path(cfg.prompts).read_text().splitlines()] if Path(cfg.prompts).is_file() \
             else None
@@ -482,6 +482,103 @@ def _middle(x: torch.Tensor) -> torch.Tensor:
     return x[:, :, x.shape[2] // 2] if x.ndim == 5 else x
 
 
+def _draws_frames(ds) -> bool:
+    """Whether the dataset's family draws a sample as video frames (``render_frames``: motion-mix clips)."""
+    from pdmd_lab.families import get_family
+
+    return hasattr(get_family(ds), "render_frames")
+
+
+# Clips of a point (motion-mix): the image-based flow beside the exact displacement ----------------------------
+
+FRAME_SIZE, FRAME_EXTENT = 64, 5.0  # frames of 64 px showing [-5, 5]^2: 6.4 px per data unit
+
+
+def trajectory_motion(x: torch.Tensor, *, size: int = FRAME_SIZE, extent: float = FRAME_EXTENT) -> dict:
+    """Flow of trajectories ``(N, 2T)`` or ``(N, T, 2)``, exact and estimated, in pixels per frame.
+
+    ``exact``: ``mean_f |p_{f+1} - p_f|`` times the pixels per unit. Farneback on the family's rendering
+    (a dot on black, :func:`pdmd_lab.motion.render_frames`): ``dot_object`` over the dot's pixels and
+    ``dot_interior`` over the whole interior (what the video metric does: the still background dilutes it);
+    ``pan``: on a textured pan that follows the trajectory (:func:`pdmd_lab.opticalflow.render_frames`).
+    """
+    from pdmd_lab import motion
+
+    trajs = motion.as_frames(torch.as_tensor(x)).double()
+    ppu = size / (2 * extent)
+    dot = of.trajectory_flow_table(trajs, render=lambda t: motion.render_frames(t, size, extent),
+                                   pixels_per_unit=ppu)
+    pan = of.trajectory_flow_table(trajs, render=lambda t: of.render_frames(t, size, ppu), pixels_per_unit=ppu)
+    return {"pixels_per_unit": ppu, "exact": dot["exact"], "dot_object": dot["object"],
+            "dot_interior": dot["estimate"], "pan": pan["estimate"]}
+
+
+def run_trajectory_motion(cfg: DiversityConfig, rows, classes, ds, out: Path, *, progress: bool = True) -> dict:
+    """``diversity`` for clips of a point: per class the seeds' exact flow beside Farneback's estimates."""
+    from pdmd_lab import motion
+    from pdmd_lab.study import mean_ci
+
+    seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
+    keys = ("exact", "dot_object", "dot_interior", "pan")
+    per_prompt, clips = [], {r.name: {k: [] for k in keys} for r in rows}
+    for label in classes:
+        noise = _noise(rows[0].sampler.shape, seeds)
+        labels = torch.full((len(seeds),), int(label), dtype=torch.long)
+        for r in rows:
+            x = r.sampler.sample(labels, seed=0, noise=noise).float().cpu()
+            m = trajectory_motion(x)
+            for k in keys:
+                clips[r.name][k] += m[k]
+            per_prompt.append({"model": r.name, "prompt_index": int(label), "prompt": f"class {label}",
+                               **{k: float(np.mean(m[k])) for k in keys}})
+    ppu = FRAME_SIZE / (2 * FRAME_EXTENT)
+    threshold = motion.DYNAMIC_THRESHOLD * ppu
+    summary = {}
+    for r in rows:
+        recs = [p for p in per_prompt if p["model"] == r.name]
+        summary[r.name] = {k: dict(zip(("mean", "ci95"), mean_ci([p[k] for p in recs]))) for k in keys}
+        c = clips[r.name]
+        summary[r.name]["dynamic_degree_exact"] = of.dynamic_degree(c["exact"], threshold)
+        summary[r.name]["dynamic_degree_dot"] = of.dynamic_degree(c["dot_object"], threshold)
+        moving = np.asarray(c["exact"]) > 1e-9
+        for k in ("dot_object", "dot_interior", "pan"):
+            e, v = np.asarray(c["exact"]), np.asarray(c[k])
+            summary[r.name][f"{k}_rel_error"] = float((np.abs(v - e)[moving] / e[moving]).mean()) \
+                if moving.any() else float("nan")
+    result = {"protocol": "clips of a point rendered to frames: OpenCV Farneback beside the exact displacement",
+              "config": {**asdict(cfg), "out": str(out)}, "dataset": ds.name, "reference": rows[0].name,
+              "models": {r.name: {"kind": r.kind, **r.info} for r in rows},
+              "prompts": [f"class {c}" for c in classes], "seeds": seeds,
+              "frames": {"size": FRAME_SIZE, "extent": FRAME_EXTENT, "pixels_per_unit": ppu,
+                         "dynamic_threshold_px": threshold,
+                         "dynamic_threshold": motion.DYNAMIC_THRESHOLD},
+              "per_prompt": per_prompt, "summary": summary}
+    out.mkdir(parents=True, exist_ok=True)
+    io.write_json(out / "diversity.json", result)
+    _write_csv(out / "diversity.csv", per_prompt)
+    (out / "diversity.md").write_text(trajectory_markdown(result) + "\n")
+    result["sheets"] = []
+    return result
+
+
+def trajectory_markdown(result: dict) -> str:
+    s, fr = result["summary"], result["frames"]
+    lines = [f"Mean optical flow of {result['dataset']} clips in px/frame ({len(result['seeds'])} seeds x "
+             f"{len(result['prompts'])} classes; mean ± 95% interval over classes). Frames of {fr['size']} px, "
+             f"{fr['pixels_per_unit']:g} px per unit; exact = mean |p_(f+1) - p_f|; Farneback on a dot on black "
+             f"(over the dot, and over the interior as the video metric does) and on a textured pan.", "",
+             "| model | exact | Farneback, dot | Farneback, interior | Farneback, pan | dynamic degree exact / dot |",
+             "|---|---|---|---|---|---|"]
+    for name, v in s.items():
+        lines.append(f"| {name} | {_fmt(v['exact'])} | {_fmt(v['dot_object'])} "
+                     f"({100 * v['dot_object_rel_error']:.1f}% off) | {_fmt(v['dot_interior'])} | {_fmt(v['pan'])} "
+                     f"({100 * v['pan_rel_error']:.1f}% off) | {100 * v['dynamic_degree_exact']:.1f}% / "
+                     f"{100 * v['dynamic_degree_dot']:.1f}% |")
+    lines += ["", f"Dynamic: mean flow > {fr['dynamic_threshold']:g} units = {fr['dynamic_threshold_px']:g} px per "
+              f"frame (half the slow speed)."]
+    return "\n".join(lines)
+
+
 def run_diversity(cfg: DiversityConfig, out, *, progress: bool = True) -> dict:
     """Run the protocol for ``cfg`` and write the tables and contact sheets into ``out`` (checked first)."""
     from pdmd_lab import safety
@@ -497,6 +594,10 @@ def run_diversity(cfg: DiversityConfig, out, *, progress: bool = True) -> dict:
         features = FeatureModel(cfg.features) if cfg.features else None
         clip = None
         rows, prompts, classes, ds = load_kit_rows(cfg)
+        if _draws_frames(ds):
+            if cfg.features:
+                raise ValueError(f"--features does not apply to {ds.name!r}: its clips are measured by their motion")
+            return run_trajectory_motion(cfg, rows, classes, ds, out, progress=progress)
         features = features or ClassifierFeatures(ds.name)
     if clip is None and getattr(features, "has_text", False):
         clip = features
@@ -606,6 +707,8 @@ def _fmt(stat: dict, digits: int = 3) -> str:
 
 def markdown_table(result: dict) -> str:
     """Diversity laid out like the paper's Table 3 (and its video table for clips)."""
+    if "frames" in result:  # clips of a point: motion only
+        return trajectory_markdown(result)
     s, models = result["summary"], result["models"]
     feat = result["features"]["model"]
     has_clip = result["clip"] is not None

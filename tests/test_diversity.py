@@ -33,8 +33,15 @@ def run_cli(capsys, *args):
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
     """Tiny random feature models: DINOv2, a CLIP vision tower, a CLIP model with text tower and tokenizer."""
-    from transformers import (BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModel,
-                              Dinov2Config, Dinov2Model)
+    from transformers import (
+        BitImageProcessor,
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPVisionModel,
+        Dinov2Config,
+        Dinov2Model,
+    )
 
     root = tmp_path_factory.mktemp("features")
     torch.manual_seed(0)
@@ -235,3 +242,83 @@ def test_bad_input_one_line_exit_2(sd3, features, tmp_path, capsys):
     code, _, err = run_cli(capsys, "diversity", "--models", teacher, *ok, "--out", tmp_path / "taken")
     assert code == 2 and "not empty" in err
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+# pdmd-lab sample: backbone students decoded with the local VAE -----------------------------------------------
+
+def test_sample_decodes_backbone_students(sd3, wan, tmp_path, capsys):
+    """A LoRA SD3 student to a PNG grid, a full-weight Wan student to a GIF (5 frames, clips side by side) and
+    a PNG of frames; latents to .safetensors; a folder without a VAE is one line, exit 2, nothing written."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    code, out, err = run_cli(capsys, "sample", "--model", sd3 / "student", "--n", 4, "--out", tmp_path / "s.png")
+    assert code == 0, err
+    assert f"decoded with the VAE of {sd3 / 'pipe'}" in out and Image.open(tmp_path / "s.png").size[0] > 50
+    code, out, err = run_cli(capsys, "sample", "--model", wan / "student", "--n", 3, "--out", tmp_path / "w.gif")
+    assert code == 0, err
+    gif = Image.open(tmp_path / "w.gif")
+    assert gif.n_frames == 5 and gif.size == (3 * 32 + 2 * 2, 32)  # 5 decoded frames of 32x32, 2-px gaps
+    code, _, err = run_cli(capsys, "sample", "--model", wan / "student", "--n", 2, "--out", tmp_path / "w.png")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "sample", "--model", sd3 / "student", "--n", 4, "--out", tmp_path / "l.safetensors")
+    assert code == 0, err
+    saved = load_file(str(tmp_path / "l.safetensors"))
+    z = io.load_folder(sd3 / "student").sample(torch.arange(4) % 2, seed=0)
+    assert saved["samples"].shape == (4, 4, 8, 8) and torch.allclose(saved["samples"], z, atol=1e-6)
+
+    save_tiny("sd3", tmp_path / "no-vae")
+    cases = [(["--model", sd3 / "student", "--vae", tmp_path / "no-vae", "--out", tmp_path / "x.png"], "has no VAE"),
+             (["--model", sd3 / "student", "--out", tmp_path / "x.gif"], "a GIF is for video models"),
+             (["--model", "mnist/teacher", "--out", tmp_path / "x.gif"], "apply to models of diffusers backbones")]
+    for args, msg in cases:
+        code, _, err = run_cli(capsys, "sample", *args)
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert not (tmp_path / "x.png").exists()
+
+
+# Kit datasets through the same command ---------------------------------------------------------------------
+
+def test_kit_images_use_their_classifier(tmp_path, capsys):
+    """MNIST models: classes from a prompts file of class indices, features from the shipped classifier."""
+    from pdmd_lab import zoo
+    from pdmd_lab.embed import embed, load_classifier
+
+    (tmp_path / "classes.txt").write_text("3\n7\n")
+    out = tmp_path / "div"
+    code, stdout, err = run_cli(capsys, "diversity", "--models", "mnist/teacher@4,mnist/dmd-1s", "--prompts",
+                                tmp_path / "classes.txt", "--seeds", 3, "--quiet", "--out", out)
+    assert code == 0, err
+    res = json.loads((out / "diversity.json").read_text())
+    assert res["prompts"] == ["class 3", "class 7"] and res["features"]["model"] == "mnist classifier"
+    z = dv._noise((1, 28, 28), [0, 1, 2])
+    x = zoo.load("mnist/dmd-1s").sample([7] * 3, noise=z)
+    f = embed(load_classifier(zoo.ASSETS / "mnist" / "classifier"), x.clamp(-1, 1))  # images as shown
+    rec = next(r for r in res["per_prompt"] if r["model"] == "mnist/dmd-1s" and r["prompt"] == "class 7")
+    assert rec["cosine"] == pytest.approx(dv.diversity_scores(f)["cosine"], abs=1e-5)
+    assert (out / "sheets" / "prompt_1.png").is_file()
+    (tmp_path / "bad.txt").write_text("3\n12\n")
+    code, _, err = run_cli(capsys, "diversity", "--models", "mnist/teacher@4", "--prompts", tmp_path / "bad.txt",
+                           "--out", tmp_path / "x")
+    assert code == 2 and "class 12 is out of range" in err
+
+
+def test_motion_mix_flow_beside_exact_displacement(tmp_path, capsys):
+    """motion-mix clips drawn as frames: Farneback's estimate beside the exact mean |p_(f+1) - p_f|."""
+    from pdmd_lab import motion, zoo
+
+    out = tmp_path / "mm"
+    code, stdout, err = run_cli(capsys, "diversity", "--models", "motion-mix/teacher@4,motion-mix/teacher@1",
+                                "--seeds", 3, "--quiet", "--out", out)
+    assert code == 0, err
+    res = json.loads((out / "diversity.json").read_text())
+    ppu = res["frames"]["pixels_per_unit"]
+    assert ppu == 6.4
+    z = dv._noise((16,), [0, 1, 2])
+    x = zoo.load("motion-mix/teacher@4").sample([2] * 3, noise=z)
+    rec = next(r for r in res["per_prompt"] if r["model"] == "motion-mix/teacher@4" and r["prompt_index"] == 2)
+    assert rec["exact"] == pytest.approx(float(motion.per_sample_flow(x).mean()) * ppu, rel=1e-5)
+    for row in res["summary"].values():
+        assert row["pan_rel_error"] < 0.1  # a textured pan: Farneback within 10% of the exact displacement
+        assert row["dot_interior"]["mean"] < row["dot_object"]["mean"]  # the still background dilutes it
+    assert "Farneback, dot" in stdout and "exact" in stdout
