@@ -31,6 +31,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import argparse  # noqa: E402
+import threading  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -49,7 +50,7 @@ from app.common import (  # noqa: E402,F401  (re-exported: the app's public name
     shipped_families,
 )
 from app.live import collapse_lab, distill_live  # noqa: E402,F401
-from app.tabs import TABS  # noqa: E402
+from app.tabs import TABS, compare  # noqa: E402
 from app.tabs.compare import compare_controls, generate, panel_titles, teacher_output  # noqa: E402,F401
 from app.tabs.diversity import class_view, diversity  # noqa: E402,F401
 from app.tabs.phases import phases, trajectory  # noqa: E402,F401
@@ -61,8 +62,6 @@ def layout_context(z: Zoo) -> SimpleNamespace:
     default_family = "mnist" if "mnist" in families else (families[0] if families else None)
     default_panels = z.panels(default_family) if default_family else PANELS
     default_cfg = z.models[default_family]["teacher"].cfg if default_family else 3.0
-    max_classes = max((z.models[f]["teacher"].num_classes for f in families), default=10)
-    class_choices = ["all"] + [str(c) for c in range(max_classes)]
     others = z.continuous_families()  # the tabs besides Compare
     default_other = "mnist" if "mnist" in others else (others[0] if others else None)
     shipped = {k for f in others for k in z.students(f)}
@@ -73,6 +72,14 @@ def layout_context(z: Zoo) -> SimpleNamespace:
     lab_a, lab_b = [m if m in lab_choices else lab_choices[min(i, len(lab_choices) - 1)]
                     for i, m in enumerate(LAB_DEFAULTS)]
     return SimpleNamespace(**{k: v for k, v in locals().items() if k != "z"}, z=z)
+
+
+# Page styles (Gradio takes them at launch): table headers never break inside a word ("NF E"); a wide
+# table scrolls instead.
+CSS = """
+.nowrap-table th { white-space: nowrap; }
+.nowrap-table table { display: block; overflow-x: auto; }
+"""
 
 
 def build_app() -> gr.Blocks:
@@ -97,10 +104,15 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PDMD_APP_THREADS", "1")),
                         help="torch intra-op threads (default 1: the models are small, and requests run in parallel)")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="do not compute the default Compare view in the background at start")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     demo = build_app()
-    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port)
+    if not args.no_warm_up:  # the default view, cached while the page loads: the first click shows it at once
+        threading.Thread(target=compare.warm_up, args=(layout_context(get_zoo()).default_family,), daemon=True,
+                         name="warm-up").start()
+    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, css=CSS)
 
 
 if __name__ == "__main__":

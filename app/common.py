@@ -34,7 +34,7 @@ MAX_CFG = 10.0
 MAX_DIVERSITY_N = 512
 MAX_CLASS_N = 128
 TEACHER_STEPS = 50
-TEACHER_CACHE_SIZE = 64
+TEACHER_CACHE_SIZE = 256  # entries: one per model and request (six per Compare click)
 # The six Compare panels: (key, title). "teacher" and "teacher@4" are the family's teacher at 50 / 4 steps.
 PANELS = (
     ("teacher", "Teacher, 50 steps"),

@@ -62,6 +62,10 @@ def _recipe_presets() -> dict[str, dict]:
     drop = set(LIVE) | {"kind", "cfg", "iters", "teacher", "init_iters", "checkpoint_every", "log_every"}
     out = {n.split("/", 1)[1]: {k: v for k, v in r.items() if k not in drop}
            for n, r in items.items() if n.startswith(f"{FAMILY}/")}
+    # Methods with no shipped-model recipe (the disjoint ablation): their study row, named as in the README.
+    for n, r in items.items():
+        if n.startswith(f"study/{FAMILY}/") and r.get("method") not in {s.get("method") for s in out.values()}:
+            out[n.rsplit("/", 1)[1]] = {k: v for k, v in r.items() if k not in drop}
     return out or dict(FALLBACK_PRESETS)
 
 
@@ -103,6 +107,25 @@ def method_presets() -> dict[str, dict]:
     return out
 
 
+# The training logs' keys as the curves name them (other keys are shown as they are).
+LOSS_NAMES = {
+    "loss_fake": "fake-score loss (critic)",
+    "loss_dmd": "DMD loss ½|g|² (generator)",
+    "loss_generator": "generator loss (total)",
+    "dmd_grad_norm": "DMD gradient norm |g|",
+    "loss_anchor": "DP-DMD anchor loss",
+    "loss_critic": "critic loss",
+}
+LOSS_NOTE = ("The DMD loss is a surrogate whose gradient is the DMD gradient g: its value is ½ mean |g|², not a "
+             "distance that training drives to 0. With the paper's weighting (1 − t)² / ((1 − s) t) it grows in "
+             "the last phases, which draw t close to 0.")
+
+
+def readable(records: list[dict]) -> list[dict]:
+    """Training records with their loss keys renamed by :data:`LOSS_NAMES` (for the curves' titles)."""
+    return [{LOSS_NAMES.get(k, k): v for k, v in r.items()} for r in records]
+
+
 def describe_spec(spec: dict) -> str:
     extra = ", ".join(f"{k} {v}" for k, v in spec.items() if k not in ("method", "steps"))
     return f"{spec['method']}, {spec['steps']} step(s)" + (f", {extra}" if extra else "")
@@ -138,12 +161,12 @@ def _preset(label) -> dict:
     return presets[label]
 
 
-def _round_iters(iters: int, spec: dict) -> int:
-    """Iterations are split equally over the phases: a remainder is dropped, and the user is told so."""
+def _round_iters(iters: int, spec: dict, what: str = "iterations") -> int:
+    """Iterations (``what``) are split equally over the phases: a remainder is dropped, and the user is told so."""
     k = _num_phases(spec)
     rounded = max(k, iters - iters % k)
     if rounded != iters:
-        gr.Warning(f"{iters} iterations do not split over {k} phases: training {rounded} instead.")
+        gr.Warning(f"{iters} {what} do not split over {k} phases: training {rounded} instead.")
     return rounded
 
 
@@ -189,6 +212,8 @@ def distill_live(method_label, cfg, iters, compare_shipped=False, progress=gr.Pr
     threading.Thread(target=run, daemon=True).start()
     title = f"{method_label}, CFG {cfg:g}"
     last, gap = -math.inf, LAB_UPDATE_S
+    first: tuple | None = None  # (time, iteration) of the first report: the rate excludes the starting fit
+    rate = None  # seconds per 100 iterations, measured
     try:
         while True:
             ev = events.get()
@@ -197,13 +222,18 @@ def distill_live(method_label, cfg, iters, compare_shipped=False, progress=gr.Pr
             if ev[0] in ("done", "stopped"):
                 break
             _, it, phase, x, logs = ev
+            now = time.perf_counter()
+            first = first or (now, it)
+            rate = (now - first[0]) / (it - first[1]) * 100 if it > first[1] else None
             records.append({"iter": it, "phase": phase, **logs})
             progress(it / iters, desc=f"iteration {it}/{iters}")
             if time.perf_counter() - last < gap:
                 continue  # redraw at most every `gap` seconds; the records keep every report
             drawn = time.perf_counter()
             scatter = viz.scatter_figure({f"student, iteration {it}": (x, labels)}, ds.gmm, title=title)
-            yield scatter, viz.training_curves_figure(records), f"iteration {it}/{iters} (phase {phase})", gr.skip()
+            status = f"iteration {it}/{iters} (phase {phase})" + (
+                f" · {rate:.0f} s per 100 iterations on this machine" if rate else "")
+            yield scatter, viz.training_curves_figure(readable(records)), status, gr.skip()
             last = time.perf_counter()
             gap = max(LAB_UPDATE_S, last - drawn)
     finally:
@@ -216,9 +246,10 @@ def distill_live(method_label, cfg, iters, compare_shipped=False, progress=gr.Pr
             name = f"{FAMILY}/{key}"
             if name in zoo.list_models():
                 panels[f"shipped {key}"] = (zoo.load(name).sample(labels, noise=noise), labels)
-    curves = viz.training_curves_figure(records) if records else None
+    curves = viz.training_curves_figure(readable(records)) if records else None
     yield (viz.scatter_figure(panels, ds.gmm, title=title, max_cols=4), curves,
-           f"done: {iters} iterations; the student is kept for this session ({student.describe()})", student)
+           f"done: {iters} iterations" + (f" ({rate:.0f} s per 100)" if rate else "")
+           + f"; the student is kept for this session ({student.describe()})  \n{LOSS_NOTE}", student)
 
 
 # Collapse lab ----------------------------------------------------------------------------------
@@ -237,11 +268,22 @@ def _lab_measure(ds, x, labels, teacher_hist) -> dict:
     return {"coverage": cov["coverage"], "kl": cov["kl"], "high_quality": cov["high_quality"]}
 
 
+# Methods A and B in the Collapse lab: colours no class of ring-mix uses (its 4 classes are tab10's blue,
+# orange, green and red in the scatters), the same in the curves and in the scatters' titles.
+LAB_COLORS = ("#222222", "#8e44ad")
+LAB_TEACHER_COLOR = "#8c8c8c"
+
+
+def lab_colors(names) -> dict[str, str]:
+    """Colour of each Collapse-lab method (A near-black, B purple) and of the teacher (grey, dashed)."""
+    return {"teacher": LAB_TEACHER_COLOR, **{n: LAB_COLORS[i % len(LAB_COLORS)] for i, n in enumerate(names)}}
+
+
 def lab_curves_figure(histories: dict, teacher: dict, *, total: dict | None = None) -> Figure:
-    """Diversity / coverage against iteration, one line per method (its colour and marker), the
-    teacher's value dashed."""
+    """Diversity / coverage against generator updates, one line per method (A near-black, B purple,
+    never a class colour), the teacher's value dashed grey."""
     names = list(histories)
-    colors, markers = viz.method_colors(["teacher", *names]), viz.method_markers(["teacher", *names])
+    colors, markers = lab_colors(names), viz.method_markers(["teacher", *names])
     fig = Figure(figsize=(10, 5.4), layout="constrained")
     axes = fig.subplots(2, 2).ravel()
     for ax, (key, title) in zip(axes, LAB_CURVES):
@@ -279,8 +321,8 @@ def collapse_lab(method_a, method_b, cfg, iters, progress=gr.Progress()):
         raise gr.Error("Pick two different methods.")
     specs = {method_a: _preset(method_a), method_b: _preset(method_b)}
     cfg = _float(cfg, "CFG", 0.0, MAX_CFG)
-    iters = _int(iters, "iterations", 4, MAX_LAB_ITERS)
-    totals = {name: _round_iters(iters, s) for name, s in specs.items()}
+    iters = _int(iters, "generator updates each", 4, MAX_LAB_ITERS)
+    totals = {name: _round_iters(iters, s, "generator updates") for name, s in specs.items()}
     configs = {name: make_config(s, cfg=cfg, iters=totals[name], init_iters=DISTILL_INIT_ITERS)
                for name, s in specs.items()}
     ds = get_dataset(FAMILY)
@@ -326,8 +368,11 @@ def collapse_lab(method_a, method_b, cfg, iters, progress=gr.Progress()):
         if name not in latest:
             return None
         rec, x = latest[name]
-        return viz.scatter_figure({f"{name}: update {rec['iter']}/{totals[name]}": (x, labels)}, ds.gmm,
-                                  title=f"coverage {rec['coverage']:.2f} · KL {rec['kl']:.3f}")
+        fig = viz.scatter_figure({f"{name}: update {rec['iter']}/{totals[name]}": (x, labels)}, ds.gmm,
+                                 title=f"coverage {rec['coverage']:.2f} · KL {rec['kl']:.3f}")
+        fig.axes[0].title.set_color(lab_colors(specs)[name])  # the method's colour in the curves
+        fig.axes[0].title.set_fontweight("bold")
+        return fig
 
     a, b = specs
     progress(0, desc="fitting the starting network to the oracle")

@@ -47,9 +47,11 @@ def _teacher_key(family: str, key: str, class_choice, seed: int, n: int, cfg: fl
 
 
 def teacher_output(family: str, key: str, class_choice, seed: int, n: int, cfg: float):
-    """The teacher's samples for a request, from :data:`common.TEACHER_CACHE` or computed (and cached).
+    """A model's samples for a request, from :data:`common.TEACHER_CACHE` or computed (and cached): the
+    teacher's (``key`` ``teacher`` or ``teacher@k``, at ``cfg``) and, in Compare, the students' too, so a
+    repeated click only draws. Students are deterministic given the seed, so a cached output is theirs.
 
-    Returns ``(entry, cached)``, ``entry = {"x", "ms", "nfe", "labels"}``.
+    Returns ``(entry, cached)``, ``entry = {"x", "ms", "nfe", "labels"}`` (``ms``: warm, see :func:`_timed`).
     """
     z = get_zoo()
     model = z.sampler(family, key, cfg)
@@ -148,7 +150,6 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
     teacher = z.models[family]["teacher"]
     full = z.full_steps(family)
     labels = _labels(class_choice, n, teacher.num_classes)
-    noise = _initial(teacher, seed, n)
     panels = z.panels(family, k)
     images: list = [None] * 6
     captions: list = [f"**{title}**  \nwaiting…" if key else gr.update(value="", visible=False)
@@ -240,10 +241,13 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
                 entry["measures"] = _measures(family, x, labels)
             results[i] = {"title": title, "nfe": entry["nfe"], "ms": entry["ms"], "measures": entry["measures"],
                           "note": " (cached: computed for an earlier request)" if cached else ""}
-        else:
-            x, ms = _timed(lambda: model.sample(labels, seed=seed, noise=noise))
-            results[i] = {"title": title, "nfe": model.nfe, "ms": ms, "measures": _measures(family, x, labels),
-                          "note": ""}
+        else:  # a student: cheap, computed here (no progress needed) and cached like the teacher
+            entry, cached = teacher_output(family, key, class_choice, seed, n, cfg)
+            x = entry["x"]
+            if "measures" not in entry:
+                entry["measures"] = _measures(family, x, labels)
+            results[i] = {"title": title, "nfe": entry["nfe"], "ms": entry["ms"], "measures": entry["measures"],
+                          "note": " (cached)" if cached else ""}
         if entry is not None:  # the rendered panel is kept with the cached samples
             images[i] = entry.get("panel")
             if images[i] is None:
@@ -253,6 +257,22 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
         refresh()
         yield update([i])
     yield (*images, *captions, summary)
+
+
+def warm_up(family: str | None = None) -> float:
+    """Compute the default Compare view (the first family, every class, seed 0, the default number of
+    samples and CFG) into the cache, so the first click shows it at once; returns the seconds it took.
+    The app runs it in a background thread at start (``python -m app.app``); tests do not wait for it."""
+    z = get_zoo()
+    family = family or (z.families[0] if z.families else None)
+    if family is None:
+        return 0.0
+    t0 = time.perf_counter()
+    k = z.default_steps(family)
+    for _ in generate(family, "all", 0, _sample_limits(family)[1], z.models[family]["teacher"].cfg,
+                      None if k is None else str(k), progress=lambda *a, **kw: None):
+        pass
+    return time.perf_counter() - t0
 
 
 def _count_label(family: str | None) -> str:

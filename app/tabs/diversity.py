@@ -21,6 +21,7 @@ from app.common import (
     get_zoo,
 )
 from app.tabs.compare import teacher_output
+from app.tabs.phases import _class_update
 from pdmd_lab import metrics, viz
 
 
@@ -33,7 +34,8 @@ def _has_evaluate() -> bool:
         return False
 
 
-def diversity(family: str, methods, n_per_method, projection, seed=0, full_metrics=False):
+def diversity(family: str, methods, n_per_method, projection, seed=0, full_metrics=False,
+              progress=gr.Progress(track_tqdm=True)):
     """Embed samples of several models (classifier features for images) and project them to 2D."""
     z = get_zoo()
     _continuous_family(z, family)
@@ -81,7 +83,8 @@ def diversity(family: str, methods, n_per_method, projection, seed=0, full_metri
     fig = viz.embedding_figure(xy, names, labels.repeat(len(feats)),
                                title=f"{family}: {projection.upper()} of "
                                      f"{'classifier features' if clf is not None else 'samples'}, n = {n} per method")
-    lines = ["| model | NFE | ms | pair dist (per class) | cos sim (lower = diverse) | Vendi |",
+    lines = ["| model | NFE | ms | pairwise distance per class (higher = more varied) "
+             "| cosine similarity (lower = more varied) | Vendi (higher = more varied) |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {k} | {nfe} | {ms:.0f} | {d:.3g} | {c:.3g} | {v:.3g} |" for k, nfe, ms, d, c, v in rows]
     if skipped:
@@ -91,9 +94,12 @@ def diversity(family: str, methods, n_per_method, projection, seed=0, full_metri
 
         names_full = [f"{family}/{k}" if not k.startswith("teacher") else f"{family}/teacher@{TEACHER_STEPS}"
                       for k in methods if k not in skipped]
-        result = evaluate_models(names_full, max(n, 20), seed=seed, progress=False)
+        progress(0, desc="full evaluation")  # then evaluate's own progress bars, shown here
+        result = evaluate_models(names_full, max(n, 20), seed=seed, progress=True)
         lines += ["", "**Full evaluation** (`pdmd_lab.evaluate`, reference: 50-step teacher)", "",
-                  markdown_table(result)]
+                  markdown_table(result),
+                  f"FD and PRDC from n = {max(n, 20)} samples per model rank models only roughly (FD is biased "
+                  "upward at small n); the README's tables use thousands."]
     return fig, "\n".join(lines)
 
 
@@ -164,6 +170,11 @@ def class_view(family: str, methods, class_choice, n_per_method, projection, see
     fig = viz.class_embedding_figure(points, reference="teacher", scores=scores,
                                      title=f"{family}, class {c}: {view}, n = {n} per model; "
                                            "numbers in feature space vs the 50-step teacher")
+    for ax in fig.axes:  # each panel's numbers under it (the table below has them too), not over its points
+        for t in list(ax.texts):
+            if t.get_bbox_patch() is not None:
+                ax.set_xlabel(t.get_text().replace("\n", " · "), fontsize=8)
+                t.remove()
     lines = ["| model | spread vs teacher | coverage of teacher | Vendi |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['spread']:.2f} | {v['coverage']:.2f} | {v['Vendi']:.2f} |" for k, v in scores.items()]
     if skipped:
@@ -172,25 +183,29 @@ def class_view(family: str, methods, class_choice, n_per_method, projection, see
     return fig, "\n".join(lines)
 
 
+def _classes(family: str | None) -> list[str]:
+    return [str(c) for c in range(get_zoo().family(family)["teacher"].num_classes)] if family else ["0"]
+
+
 # Layout ----------------------------------------------------------------------------------------
 
 def build(ctx) -> None:
     """The tab, inside the app's ``gr.Blocks`` (``ctx``: see ``app.app.layout_context``)."""
-    others, default_other, students, max_classes = ctx.others, ctx.default_other, ctx.students, ctx.max_classes
+    others, default_other, students = ctx.others, ctx.default_other, ctx.students
     with gr.Tab("Diversity", elem_id="tab-diversity"):
         with gr.Row():
             d_family = gr.Dropdown(others, value=default_other, label="family")
             d_methods = gr.CheckboxGroup(["teacher", "teacher@4", *students],
                                          value=["teacher@4", "dmd-1s", "phased-dmd-4s4p"], label="methods")
         with gr.Row():
-            d_n = gr.Number(100, label=f"samples per method (2..{MAX_DIVERSITY_N})", precision=0)
+            d_n = gr.Number(100, label=f"samples per method (2..{MAX_DIVERSITY_N})", precision=None)
             d_proj = gr.Radio(["pca", "tsne"], value="pca", label="projection")
-            d_seed = gr.Number(0, label="seed", precision=0)
+            d_seed = gr.Number(0, label="seed", precision=None)
             d_full = gr.Checkbox(False, label="full evaluation (pdmd_lab.evaluate, slower)",
                                  visible=_has_evaluate())
             d_btn = gr.Button("Embed", variant="primary")
-        d_fig = gr.Plot(label="embedding")
-        d_table = gr.Markdown()
+        d_fig = gr.Plot(show_label=False, elem_id="diversity-fig")
+        d_table = gr.Markdown(elem_id="diversity-table", elem_classes=["nowrap-table"])
         d_btn.click(diversity, [d_family, d_methods, d_n, d_proj, d_seed, d_full], [d_fig, d_table],
                     api_name="diversity")
         gr.Markdown("### Within one class: the teacher's cloud against each model's\n"
@@ -204,13 +219,15 @@ def build(ctx) -> None:
                                                             "phased-dmd-4s2p") if m in students],
                                          label="models (against the 50-step teacher)")
         with gr.Row():
-            c_class = gr.Dropdown([str(c) for c in range(max_classes)], value="3", label="class")
-            c_n = gr.Number(32, label=f"samples per model (6..{MAX_CLASS_N})", precision=0)
+            c_class = gr.Dropdown(_classes(default_other), value="3" if "3" in _classes(default_other) else "0",
+                                  label="class")
+            c_n = gr.Number(32, label=f"samples per model (6..{MAX_CLASS_N})", precision=None)
             c_proj = gr.Radio(["pca", "tsne"], value="pca", label="projection (images)")
-            c_seed = gr.Number(0, label="seed", precision=0)
+            c_seed = gr.Number(0, label="seed", precision=None)
             c_btn = gr.Button("Compare within the class", variant="primary")
-        c_fig = gr.Plot(label="within one class")
-        c_table = gr.Markdown()
+        c_fig = gr.Plot(show_label=False, elem_id="class-fig")
+        c_table = gr.Markdown(elem_id="class-table", elem_classes=["nowrap-table"])
+        c_family.input(lambda f: _class_update(f, with_all=False), [c_family], [c_class])
         c_btn.click(class_view, [c_family, c_methods, c_class, c_n, c_proj, c_seed], [c_fig, c_table],
                     api_name="class_view")
 

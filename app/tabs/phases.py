@@ -25,6 +25,11 @@ def phases(steps, num_phases, shift):
     bounds = flow.phase_boundaries(steps, k, shift)
     rows = sorted({1, k} | ({2} if steps % 2 == 0 and k != 2 and steps >= 2 else set()))
     fig_p = viz.phases_figure(steps, phase_counts=tuple(rows), shift=shift)
+    for ax in fig_p.axes:  # room for the end labels "t=1.00" / "t=0.00" at log-SNR -/+ infinity
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo - 1.2, hi + 1.2)
+        for label in ax.texts:
+            label.set_clip_on(False)
     fig_s = viz.snr_figure(ts, bounds, shifts=(shift,))
     text = ("step times t: " + ", ".join(f"{t:.3f}" for t in ts.tolist()) + "  \nphase boundaries: "
             + ", ".join(f"{b:.3f}" for b in bounds.tolist()) + f"  \n{steps // k} step(s) per phase")
@@ -67,21 +72,32 @@ def trajectory(family: str, student: str, class_choice, seed, num_samples):
     yield figs[0], figs[1], str(path)
 
 
+def _class_update(family: str, with_all: bool = True):
+    """The class dropdown for a newly picked family: (``all`` and) its classes."""
+    classes = [str(c) for c in range(get_zoo().family(family)["teacher"].num_classes)]
+    return gr.update(choices=(["all"] if with_all else []) + classes, value="all" if with_all else classes[0])
+
+
 # Layout ----------------------------------------------------------------------------------------
 
 def build(ctx) -> None:
     """The tab, inside the app's ``gr.Blocks`` (``ctx``: see ``app.app.layout_context``)."""
-    others, default_other, students, class_choices = ctx.others, ctx.default_other, ctx.students, ctx.class_choices
+    others, default_other, students = ctx.others, ctx.default_other, ctx.students
     with gr.Tab("Phases", elem_id="tab-phases"):
         with gr.Row():
-            p_steps = gr.Number(4, label="steps", precision=0)
-            p_phases = gr.Number(4, label="phases (must divide steps)", precision=0)
+            p_steps = gr.Number(4, label="steps", precision=None)
+            p_phases = gr.Number(4, label="phases (must divide steps)", precision=None)
             p_shift = gr.Number(1.0, label="time shift")
             p_btn = gr.Button("Show phases", variant="primary")
-        p_fig = gr.Plot(label="phases on the log-SNR axis")
-        s_fig = gr.Plot(label="SNR and log-SNR")
-        p_text = gr.Markdown()
-        p_btn.click(phases, [p_steps, p_phases, p_shift], [p_fig, s_fig, p_text], api_name="phases")
+        # Drawn at load for the default settings; no label badges over the figures' own titles.
+        fig_p, fig_s, text = phases(4, 4, 1.0)
+        gr.Markdown("**Phases on the log-SNR axis**")
+        p_fig = gr.Plot(fig_p, show_label=False, elem_id="phases-fig")
+        gr.Markdown("**SNR and log-SNR**")
+        s_fig = gr.Plot(fig_s, show_label=False, elem_id="snr-fig")
+        p_text = gr.Markdown(text, elem_id="phases-text")
+        p_btn.click(phases, [p_steps, p_phases, p_shift], [p_fig, s_fig, p_text], api_name="phases",
+                    show_progress="hidden")  # instant; an error is a message, not a box left over the plots
         gr.Markdown("### Trajectories: a student vs the teacher cut to 4 steps (same noise), and an animation\n"
                     "The animation moves the student's samples from noise to data step by step, each step in the "
                     "colour of the expert that takes it.")
@@ -89,15 +105,28 @@ def build(ctx) -> None:
             t_family = gr.Dropdown(others, value=default_other, label="family")
             t_student = gr.Dropdown(students, value="phased-dmd-4s4p" if "phased-dmd-4s4p" in students else
                                     (students[0] if students else None), label="student")
-            t_class = gr.Dropdown(class_choices, value="all", label="class", allow_custom_value=True)
-            t_seed = gr.Number(0, label="seed", precision=0)
-            t_n = gr.Number(6, label="samples (1..32)", precision=0)
+            t_class = gr.Dropdown(_class_update(default_other)["choices"] if default_other else ["all"], value="all",
+                                  label="class", allow_custom_value=True)
+            t_seed = gr.Number(0, label="seed", precision=None)
+            t_n = gr.Number(6, label="samples (1..32)", precision=None)
             t_btn = gr.Button("Show trajectories", variant="primary", elem_id="trajectory-btn")
         with gr.Row():
-            t_fig_s = gr.Plot(label="student")
-            t_fig_t = gr.Plot(label="teacher, 4 steps")
-        t_anim = gr.Image(label="the student's trajectory, animated (noise → data, coloured by expert)",
-                          type="filepath", format="gif", interactive=False, elem_id="trajectory-anim")
+            with gr.Column():
+                gr.Markdown("**The student**")
+                t_fig_s = gr.Plot(show_label=False, elem_id="trajectory-student")
+            with gr.Column():
+                gr.Markdown("**The teacher cut to 4 steps**")
+                t_fig_t = gr.Plot(show_label=False, elem_id="trajectory-teacher")
+        gr.Markdown("**The student's trajectory, animated** (noise → data, coloured by expert)")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=0):
+                pass
+            with gr.Column(scale=2):  # a GIF of a few hundred pixels: centred, not stretched over the page
+                t_anim = gr.Image(show_label=False, type="filepath", format="gif", interactive=False,
+                                  height=420, elem_id="trajectory-anim")
+            with gr.Column(scale=1, min_width=0):
+                pass
+        t_family.input(_class_update, [t_family], [t_class])
         t_btn.click(trajectory, [t_family, t_student, t_class, t_seed, t_n], [t_fig_s, t_fig_t, t_anim],
-                    api_name="trajectory")
+                    api_name="trajectory", show_progress_on=[t_anim])
 
