@@ -255,6 +255,32 @@ class Family:
         :class:`~pdmd_lab.evaluate.DiversityMonitor`."""
         return {}
 
+    # One sample set at a time (the app's Compare panels) -------------------------------------------
+
+    #: The teacher's step count in side-by-side comparisons (the app's Compare): 50; tokens: 100.
+    comparison_teacher_steps: ClassVar[int] = 50
+
+    def compare_metrics(self, dataset, x: torch.Tensor, labels: torch.Tensor) -> dict:
+        """The numbers that show collapse in one sample set, cheap enough for every Compare panel.
+
+        ``x``: samples ``(n, *shape)`` of one model, ``labels`` their classes ``(n,)``. Returns
+        ``{key: value}`` with keys among :attr:`metrics` (the app takes each number's label and direction
+        from there) and values floats or short strings (``"7/8"``); absolute numbers, no reference set
+        (the app shows the full teacher's value beside each). Points: modes covered and mode KL to the
+        mixture's weights; tokens: exact TV to the joint (toy) or Hamming diversity (images); images:
+        pairwise cosine similarity; trajectories: mean flow and dynamic degree. Default: none.
+        """
+        return {}
+
+    def compare_note(self, dataset, labels: torch.Tensor) -> str:
+        """One sentence on reading :meth:`compare_metrics` at these labels (e.g. the TV that exact draws give
+        at this sample size), or ``""``."""
+        return ""
+
+    def classifier(self, dataset):
+        """The shipped classifier whose features measure this family's samples (images), or None."""
+        return None
+
     def __repr__(self) -> str:
         return f"<family {self.name}: {self.description}>"
 

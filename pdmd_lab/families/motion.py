@@ -93,6 +93,11 @@ class TrajectoriesFamily(Family):
 
     # Metrics -----------------------------------------------------------------------------------------
 
+    def compare_metrics(self, dataset, x, labels) -> dict:
+        """Mean optical flow (exact displacement per frame) and dynamic degree (share of samples whose flow
+        exceeds :data:`pdmd_lab.motion.DYNAMIC_THRESHOLD`); the teacher's values are the reference."""
+        return {"mean_flow": motion.mean_flow(x), "dynamic_degree": motion.dynamic_degree(x)}
+
     study_metrics = ("mean_flow", "flow_ratio", "dynamic_degree", "dynamic_degree_diff", "mode_kl",
                      "motion_modes_missed", "still_share", "energy_distance")
 

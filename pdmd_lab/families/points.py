@@ -73,6 +73,15 @@ class PointsFamily(ContinuousFamily):
             logs["div_saturation"] = float((ds.gmm.assign_modes(x) < 0).double().mean())
         return logs
 
+    def compare_metrics(self, dataset, x, labels) -> dict:
+        """Mixtures: modes covered (of those the classes have) and the mode KL to the mixture's own weights
+        (:func:`pdmd_lab.metrics.mode_coverage`); other point sets: the per-class pairwise distance."""
+        ds = self.dataset(dataset)
+        if ds.gmm is None:
+            return {"pairwise_distance": mean_per_class(metrics.pairwise_distance, x, labels)} if len(x) > 1 else {}
+        cov = metrics.mode_coverage(ds.gmm, x, labels)
+        return {"modes": f"{cov['modes_covered']}/{cov['modes_expected']}", "mode_kl": cov["kl"]}
+
     # Rendering ------------------------------------------------------------------------------------
 
     def render_panel(self, x, labels=None, *, dataset, ax=None, title=None):
