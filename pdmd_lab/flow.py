@@ -1,4 +1,4 @@
-"""Flow-matching formulas: every equation of DESIGN.md §1-2 as a small pure function.
+"""Flow-matching formulas: every equation of ``docs/conventions.md`` §1-2 as a small pure function.
 
 Conventions (rectified flow, as in SD3 / Wan / Qwen-Image and diffusers'
 ``FlowMatchEulerDiscreteScheduler``): ``t in [0, 1]`` with ``t = 1`` pure noise,
@@ -144,7 +144,7 @@ def subinterval_loss_weight(s: Time, t: Time) -> Time:
 
 
 def xs_from_velocity(x_t: torch.Tensor, v: torch.Tensor, s: Time, t: Time) -> torch.Tensor:
-    """Tweedie estimate of ``x_s`` through the transition (DESIGN §2): ``(x_t - b^2 eps_hat / t) / a``.
+    """Tweedie estimate of ``x_s`` through the transition (``docs/conventions.md`` §2): ``(x_t - b^2 eps_hat / t) / a``.
 
     ``eps_hat = x_t + (1 - t) v``. Dividing by ``a = (1 - t) / (1 - s)`` loses every digit as ``t -> 1``
     (and is 0 / 0 at ``t = 1``), so the same expression is used multiplied out:

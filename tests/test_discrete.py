@@ -1,4 +1,4 @@
-"""Masked diffusion and D-MMD (DMMD.md §4): the reveal posterior, the exact k-step law, the auxiliary's
+"""Masked diffusion and D-MMD (docs/conventions.md §3): the reveal posterior, the exact k-step law, the auxiliary's
 optimum, the generator's stationary point, networks, teacher training and bad input.
 
 The two-token checks use ``ring-mix-tokens`` (V = 32) and its exact oracle; the auxiliary and generator
@@ -184,7 +184,7 @@ STEPS = 1  # the student step count k of the tabular checks (the largest gap bet
 
 
 def path_weights(k: int, n: int = 2000) -> tuple[float, float]:
-    """``W_A = E[(1 - t) s]``, ``W_B = E[(t - s) s]`` under DMMD.md §3's ``s, t`` (midpoint rule).
+    """``W_A = E[(1 - t) s]``, ``W_B = E[(t - s) s]`` under D-MMD's ``s, t`` (midpoint rule).
 
     ``z_s = (a, m)`` is reached from data ``z_t = (a, m)`` with the second token not revealed (W_A), or
     from ``z_t = (m, m)`` with the generator's first token revealed and its second not (W_B).

@@ -1,4 +1,4 @@
-"""The engine (DESIGN §4): methods as plug-ins, the two math fixes, recipes, the CLI over the registry,
+"""The engine (docs/methods.md): methods as plug-ins, the two math fixes, recipes, the CLI over the registry,
 and data parallel (2 processes = 1 process) on CPU with gloo."""
 
 from __future__ import annotations

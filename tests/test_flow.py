@@ -1,4 +1,4 @@
-"""Every formula of DESIGN.md §1-2 against a closed form or a Monte Carlo estimate."""
+"""Every formula of docs/conventions.md §1-2 against a closed form or a Monte Carlo estimate."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from pdmd_lab import flow
 
-# Conversions (DESIGN §1) -----------------------------------------------------------------------
+# Conversions (docs/conventions.md §1) --------------------------------------------------------------------
 
 
 def _randn(*shape, g):
@@ -320,7 +320,7 @@ def test_xs_from_velocity_at_zero_is_x0():
     x_t, v = _randn(16, 2, g=g), _randn(16, 2, g=g)
     for t in (0.3, torch.rand(16, generator=g, dtype=torch.float64) * 0.9 + 0.05):
         torch.testing.assert_close(flow.xs_from_velocity(x_t, v, 0.0, t), flow.x0_from_velocity(x_t, v, t))
-    # DESIGN's form: (x_t - b^2 (x_t + (1 - t) v) / t) / a.
+    # The divided form: (x_t - b^2 (x_t + (1 - t) v) / t) / a.
     s, t = 0.3, 0.7
     a, b = flow.transition_coefficients(s, t)
     expected = (x_t - b**2 * (x_t + (1 - t) * v) / t) / a
@@ -344,7 +344,7 @@ def test_xs_from_velocity_is_posterior_mean(mixture_1d, s, t):
 
 
 def _xs_float64(x_t, v, s, t):
-    """Reference x_s estimate in float64: DESIGN's form for t < 1, its limit (1 - s)(x_t - v) at t = 1."""
+    """Reference x_s estimate in float64: the divided form for t < 1, its limit (1 - s)(x_t - v) at t = 1."""
     a, b = (1 - t) / (1 - s), torch.sqrt(t**2 - ((1 - t) / (1 - s)) ** 2 * s**2)
     eps_hat = x_t + ((1 - t) * v.T).T
     design = ((x_t.T - (b**2 / t) * eps_hat.T) / torch.where(t < 1, a, 1.0)).T
@@ -355,7 +355,7 @@ def _xs_float64(x_t, v, s, t):
 @pytest.mark.parametrize("s", [0.0, 0.25, 0.5, 0.75])
 def test_xs_from_velocity_float32_is_float64_accurate_up_to_t_1(s):
     """For every float32 t in [s, 1], t = 1 included, the float32 estimate is finite and within 1e-4 of
-    float64 relative to |x_s|. DESIGN's form divides by a = (1 - t) / (1 - s): it loses every digit as
+    float64 relative to |x_s|. The divided form divides by a = (1 - t) / (1 - s): it loses every digit as
     t -> 1 (checked below: error > 1e-2) and is 0 / 0 at t = 1."""
     one = torch.tensor(1.0)
     near_one = [torch.nextafter(one, torch.tensor(0.0)).item(), 1 - 1e-7, 1 - 1e-6, 1 - 1e-5, 1 - 1e-4, 1 - 1e-3]

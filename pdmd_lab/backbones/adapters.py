@@ -1,6 +1,6 @@
 """Denoiser adapters for diffusers' flow-matching transformers: ``v = adapter(x, t, cond)``.
 
-Each adapter maps the kit's call onto one diffusers class (DESIGN.md §5):
+Each adapter maps the kit's call onto one diffusers class:
 
 - ``SD3Transformer2DModel``: timestep ``1000 t``; latents ``(B, C, H, W)`` as they are; prompt and
   pooled embeddings.
@@ -310,7 +310,7 @@ class QwenImageDenoiser(_PackedImageDenoiser):
     """``QwenImageTransformer2DModel``: packed 2x2 latents, ``img_shapes`` for RoPE, text mask, timestep ``t``.
 
     The Qwen-Image pipeline rescales its CFG output to the conditional branch's norm per token
-    (:meth:`combine_cfg`); training here uses the kit's standard CFG (DESIGN.md §1).
+    (:meth:`combine_cfg`); training here uses the kit's standard CFG (``docs/conventions.md`` §1).
     """
 
     model_class = "QwenImageTransformer2DModel"

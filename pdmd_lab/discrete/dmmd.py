@@ -1,4 +1,4 @@
-"""D-MMD losses (DMMD.md §3), apart from any network or trainer.
+"""D-MMD losses (``docs/conventions.md`` §3), apart from any network or trainer.
 
 Hoogeboom, Ruhe, Heek, Mensink, Salimans, "Beyond Single Tokens: Distilling Discrete Diffusion Models
 via Discrete MMD" (arXiv 2603.20155): moment matching distillation (Salimans et al. 2024) carried over
@@ -75,7 +75,7 @@ def _unwrap(net):
 
 def sample_times(batch: int, steps: int, generator: torch.Generator | None = None, *,
                  u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """DMMD.md §3 step 1: ``s ~ U(0, 1)``, ``delta ~ U(0, 1/k)``, ``t = min(1, s + delta)``; ``(B,)`` each.
+    """``docs/conventions.md`` §3 step 1: ``s ~ U(0, 1)``, ``delta ~ U(0, 1/k)``, ``t = min(1, s + delta)``; ``(B,)`` each.
 
     ``u`` ``(B, 2)``: pre-drawn uniforms for ``s`` and ``delta``.
     """
@@ -105,7 +105,7 @@ class Rollout:
 
 
 def rollout(generator_net, x0: torch.Tensor, labels, steps: int, rng=None, *, grad: bool = False) -> Rollout:
-    """DMMD.md §3 steps 1-4 on clean data ``x0``; ``grad`` keeps the graph of ``p`` (generator step).
+    """``docs/conventions.md`` §3 steps 1-4 on clean data ``x0``; ``grad`` keeps the graph of ``p`` (generator step).
 
     ``rng``: a torch generator, None, or a source (:class:`DrawSource` in the trainer).
     """
@@ -131,7 +131,7 @@ def generator_objective(p: torch.Tensor, logp_aux: torch.Tensor, logp_teacher: t
                         masked: torch.Tensor) -> torch.Tensor:
     """``L_gen = sum_c p_c (sg(log x_phi)_c - sg(log x_theta)_c)`` = ``CE(p | x_theta) - CE(p | x_phi)``.
 
-    DMMD.md §3 step 5: differentiable in ``p`` (no REINFORCE); the log-probabilities are detached here.
+    ``docs/conventions.md`` §3 step 5: differentiable in ``p`` (no REINFORCE); the log-probabilities are detached here.
     Per-sample mean over the ``masked`` positions ``(B, *S)``; returns ``(B,)``.
     """
     diff = (logp_aux.detach() - logp_teacher.detach()).float()
@@ -142,7 +142,7 @@ def generator_objective(p: torch.Tensor, logp_aux: torch.Tensor, logp_teacher: t
 
 def auxiliary_objective(aux_logits: torch.Tensor, target: torch.Tensor, p_teacher: torch.Tensor,
                         masked: torch.Tensor) -> torch.Tensor:
-    """``L_aux = CE(y | x_phi) + CE(x_theta | x_phi)`` on the ``masked`` positions (DMMD.md §3 step 6).
+    """``L_aux = CE(y | x_phi) + CE(x_theta | x_phi)`` on the ``masked`` positions (``docs/conventions.md`` §3 step 6).
 
     ``target`` is tokens (hard, ``y = onehot(x)``) or probabilities (soft, ``y = sg(p)``). With the
     generator fixed the optimum is ``x_phi = (E_g[x | z_s] + x_theta(z_s)) / 2``. Returns ``(B,)``.

@@ -1,4 +1,4 @@
-"""D-MMD as a method of the distillation engine (DESIGN.md §4), and what the engine needs for discrete teachers.
+"""D-MMD as a method of the distillation engine (``docs/methods.md``), and what the engine needs for discrete teachers.
 
 * :class:`DMMD` (``d-mmd``): the critic is the auxiliary model, the generator the student's one expert
   (the teacher plus a zero-initialised noise input), the losses :mod:`pdmd_lab.discrete.dmmd`; the
@@ -64,11 +64,11 @@ class DMMDOptions:
 
 @register_method
 class DMMD(Method):
-    """D-MMD (Hoogeboom et al. 2026, arXiv 2603.20155; DMMD.md §3): moment matching distillation of a
+    """D-MMD (Hoogeboom et al. 2026, arXiv 2603.20155; ``docs/conventions.md`` §3): moment matching distillation of a
     masked-diffusion teacher into a ``k``-step generator with a Gaussian noise input.
 
     Critic step = auxiliary step (``L_aux``), generator step = ``L_gen``; each draws its own batch of
-    data, ``s, t``, ``eps`` and tokens. DMMD.md alternates them one to one: run it with
+    data, ``s, t``, ``eps`` and tokens. D-MMD alternates them one to one: run it with
     ``fake_updates_per_generator_update = 1`` (``--fake-updates 1``).
     """
 

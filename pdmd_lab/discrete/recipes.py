@@ -2,7 +2,7 @@
 with and without the noise input, the binarised-MNIST teacher and its students at k = 4 and 8.
 
 :func:`command` turns one into the ``pdmd-lab`` command line that trains it, so the commands in the README
-and the shipped models come from the same data. Student runs need ``--fake-updates 1`` (DMMD.md alternates
+and the shipped models come from the same data. Student runs need ``--fake-updates 1`` (D-MMD alternates
 the auxiliary and generator steps one to one) and ``--cfg 1`` (the toy's target is the unguided joint).
 """
 

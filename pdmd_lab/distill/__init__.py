@@ -1,4 +1,4 @@
-"""Distillation: the method registry, losses, rollouts and the one trainer (DESIGN.md §4)."""
+"""Distillation: the method registry, losses, rollouts and the one trainer (``docs/methods.md``)."""
 
 from pdmd_lab.distill import disjoint  # noqa: E402,F401  (registers phased-dmd-disjoint)
 from pdmd_lab.distill.methods import (

@@ -1,4 +1,4 @@
-"""Distillation methods as plug-ins (DESIGN.md §4): one registry, one trainer.
+"""Distillation methods as plug-ins (``docs/methods.md``): one registry, one trainer.
 
 Every method here is a two-player game between a **generator** (the student's experts) and a
 **critic** (DMD's fake score, D-MMD's auxiliary model), updated in turn by

@@ -1,4 +1,4 @@
-"""One trainer for every distillation method (DESIGN.md §4): phases -> (critic steps, generator step).
+"""One trainer for every distillation method (``docs/methods.md``): phases -> (critic steps, generator step).
 
 :class:`Distiller` takes objects: a teacher and a starting net (Denoisers), a prior that draws the
 batch of each update, a :class:`~pdmd_lab.distill.methods.Method` and a :class:`DistillConfig`. It
