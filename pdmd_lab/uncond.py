@@ -103,10 +103,38 @@ def score(x: torch.Tensor, classifier, ref_feats: torch.Tensor, ref_counts) -> d
             "recall": metrics.prdc(ref_feats, feats, k=PRDC_K)["recall"], "n": len(x)}
 
 
+# The teacher ----------------------------------------------------------------------------------------
+
+def export_teacher(source, dest) -> Path:
+    """Write the unconditional teacher folder ``dest`` from the conditional teacher folder ``source``: the
+    same weights (under ``net.``) in a :class:`~pdmd_lab.nets.NullLabelDenoiser` of dataset ``mnist-uncond``.
+    ``dest`` must not exist (nothing is replaced). The shipped ``mnist-uncond/teacher`` is
+    ``export_teacher("assets/models/mnist/teacher", "assets/models/mnist-uncond/teacher")``."""
+    from pdmd_lab import io
+
+    source, dest = Path(source), Path(dest)
+    cfg = io.read_config(source)
+    if cfg.get("kind") != "teacher" or cfg.get("dataset") != "mnist":
+        raise ValueError(f"{str(source)!r} is not an MNIST teacher folder (kind={cfg.get('kind')!r}, "
+                         f"dataset={cfg.get('dataset')!r})")
+    if dest.exists():
+        raise ValueError(f"{str(dest)!r} already exists; choose another destination")
+    tensors = {f"net.{k}": v for k, v in io.read_tensors(source, "model").items()}
+    meta = {"kind": "teacher", "dataset": "mnist-uncond",
+            "net": {"type": "null-label", "base": cfg["net"], "num_classes": 1},
+            "derived_from": {"folder": source.name if source.name != "teacher" else "mnist/teacher",
+                             "iters": cfg.get("iters"), "train": cfg.get("train")},
+            "command": f"python -c \"from pdmd_lab.uncond import export_teacher; "
+                       f"export_teacher('{source}', '{dest}')\""}
+    io.save_model_files(dest, meta, {"model": tensors})
+    return dest
+
+
 # The teacher's measurement -----------------------------------------------------------------------
 
 def load_teacher_sampler(steps: int = 50):
-    """The shipped MNIST teacher as an unconditional sampler (null label, CFG 1)."""
+    """The shipped MNIST teacher as an unconditional sampler (null label, CFG 1): ``mnist-uncond/teacher``
+    gives the same velocity through :class:`~pdmd_lab.nets.NullLabelDenoiser`."""
     from pdmd_lab import zoo
 
     return zoo.load("mnist/teacher", steps=steps, cfg=1.0)
