@@ -52,6 +52,7 @@ LPIPS_NOTE = ("skipped: the lpips package takes its backbone from torchvision's 
               "local (the kit never downloads)")
 CLIP_SCALE = 100.0  # CLIP score = 100 max(cos, 0), torchmetrics' convention
 STUDENT_KINDS = ("lora-student", "backbone-student")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -70,6 +71,8 @@ class DiversityConfig:
     flow_threshold: float | None = None  # dynamic degree threshold, px/frame; None: 6 min(H, W) / 256
     batch_size: int = 8
     max_sequence_length: int = 256
+    device: str = ""  # empty: cuda when available, else cpu
+    dtype: str = "float32"  # weights of transformers and VAEs: float32, bfloat16 or float16 (sampled under autocast)
 
     def __post_init__(self):
         self.models = [m.strip() for m in self.models if m.strip()]
@@ -91,6 +94,14 @@ class DiversityConfig:
             raise ValueError(f"--teacher-shift must be > 0, got {self.teacher_shift}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not self.device:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"--device {self.device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
 
 
 # Feature models ----------------------------------------------------------------------------------------
@@ -302,9 +313,11 @@ def _scheduler_shift(path: str) -> float:
 
     file = Path(path) / "scheduler" / "scheduler_config.json"
     cfg = json.loads(file.read_text()) if file.is_file() else {}
-    if cfg.get("shift") is not None and not cfg.get("use_dynamic_shifting"):
-        return float(cfg["shift"])
-    return 1.0
+    if cfg.get("use_dynamic_shifting"):
+        raise ValueError(f"the scheduler of {path!r} shifts time by resolution (dynamic shifting): give "
+                         f"--teacher-shift")
+    shift = cfg.get("shift", cfg.get("flow_shift"))  # FlowMatchEuler: shift; Wan's UniPC: flow_shift
+    return 1.0 if shift is None else float(shift)
 
 
 def _student_kind(spec: str) -> str | None:
@@ -331,7 +344,13 @@ def _vae_source(folder: str, cfg: DiversityConfig, name: str) -> str:
 def _vae_for(folder: str, cfg: DiversityConfig, name: str):
     from pdmd_lab.backbones.pipelines import load_vae
 
-    return load_vae(_vae_source(folder, cfg, name))
+    return load_vae(_vae_source(folder, cfg, name), DTYPES[cfg.dtype]).to(cfg.device).eval()
+
+
+def _student_class(kind: str):
+    from pdmd_lab.backbones.students import FULL_KIND, LORA_KIND, FullStudent, LoRAStudent
+
+    return {LORA_KIND: LoRAStudent, FULL_KIND: FullStudent}[kind]
 
 
 def check_inputs(cfg: DiversityConfig) -> bool:
@@ -365,6 +384,8 @@ def check_inputs(cfg: DiversityConfig) -> bool:
             path = _split_steps(m.split(":", 1)[1])[0]
             find_model(path)
             _vae_source(path, cfg, m)
+            if cfg.teacher_shift is None:
+                _scheduler_shift(path)
         elif _student_kind(m) is None:
             raise ValueError(f"{m!r} is not a backbone student folder (lora-student or backbone-student); "
                              f"diffusers: models and kit models cannot share one table")
@@ -383,6 +404,7 @@ def load_backbone_rows(cfg: DiversityConfig):
     teachers = [_split_steps(m.split(":", 1)[1]) for m in cfg.models if m.startswith("diffusers:")]
     students = [m for m in cfg.models if not m.startswith("diffusers:")]
     student_cfgs = {m: io.read_config(m) for m in students}
+    dtype = DTYPES[cfg.dtype]
     encoder = teachers[0][0] if teachers else student_cfgs[students[0]]["base"]
     table = resolve_prompts(cfg.prompts, encoder, max_sequence_length=cfg.max_sequence_length)
     shape = list(cfg.latent_shape) or (list(student_cfgs[students[0]]["latent_shape"]) if students else None)
@@ -390,7 +412,7 @@ def load_backbone_rows(cfg: DiversityConfig):
     for spec in cfg.models:
         if spec.startswith("diffusers:"):
             path, at = _split_steps(spec.split(":", 1)[1])
-            net = load_backbone(path, table, latent_shape=shape)
+            net = load_backbone(path, table, latent_shape=shape, dtype=dtype, device=cfg.device)
             steps = at or cfg.teacher_steps
             shift = _scheduler_shift(path) if cfg.teacher_shift is None else cfg.teacher_shift
             sampler = TeacherSampler(net, steps=steps, cfg=cfg.teacher_cfg, shift=shift, dataset="prompts",
@@ -398,9 +420,9 @@ def load_backbone_rows(cfg: DiversityConfig):
             info = {"steps": steps, "cfg": cfg.teacher_cfg, "shift": shift, "base": path}
             rows.append(Row(spec, sampler, "teacher", info, _vae_for(path, cfg, spec)))
         else:
-            sampler = io.load_folder(spec, kinds=STUDENT_KINDS)
-            _use_prompts(sampler, table)
             c = student_cfgs[spec]
+            sampler = _student_class(c["kind"]).from_folder(spec, c, cfg.device, dtype=dtype)
+            _use_prompts(sampler, table)
             info = {"steps": sampler.num_steps, "cfg": 1.0, "experts": len(c.get("experts", [])),
                     "method": c.get("method", ""), "base": c["base"]}
             rows.append(Row(spec, sampler, "student", info, _vae_for(c["base"], cfg, spec)))
@@ -463,8 +485,11 @@ def _render(row: Row, labels: torch.Tensor, noise: torch.Tensor, batch_size: int
     from pdmd_lab.backbones.pipelines import decode_latents
 
     out = []
+    dtype = row.vae.dtype if row.vae is not None else torch.float32
+    device = row.vae.device if row.vae is not None else torch.device("cpu")
     for i in range(0, len(labels), batch_size):
-        x = row.sampler.sample(labels[i:i + batch_size], seed=0, noise=noise[i:i + batch_size])
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):  # low-precision weights
+            x = row.sampler.sample(labels[i:i + batch_size], seed=0, noise=noise[i:i + batch_size])
         x = decode_latents(row.vae, x) if row.vae is not None else (x.float().clamp(-1, 1) + 1) / 2
         out.append(x.float().cpu())
     return torch.cat(out)
@@ -586,8 +611,8 @@ def run_diversity(cfg: DiversityConfig, out, *, progress: bool = True) -> dict:
 
     out = safety.output_folder(out, option="--out")
     if check_inputs(cfg):
-        features = FeatureModel(cfg.features)
-        clip = FeatureModel(cfg.clip, option="--clip") if cfg.clip else None
+        features = FeatureModel(cfg.features, device=cfg.device)
+        clip = FeatureModel(cfg.clip, option="--clip", device=cfg.device) if cfg.clip else None
         rows, prompts = load_backbone_rows(cfg)
         classes = list(range(len(prompts)))
     else:
@@ -761,6 +786,9 @@ def add_cli_arguments(s) -> None:
                    "(default 6 min(H, W) / 256, VBench's scaled)")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--max-sequence-length", type=int, default=256, help="text tokens when encoding prompts")
+    s.add_argument("--device", default="", help="torch device (default: cuda when available, else cpu)")
+    s.add_argument("--dtype", default="float32", help="weights of transformers and VAEs: float32 (default), "
+                   "bfloat16, float16 (sampled under autocast)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--out", required=True, help="new or empty folder for the tables and contact sheets")
 
@@ -778,4 +806,5 @@ def config_from_cli(args: dict) -> DiversityConfig:
                            teacher_steps=args["teacher_steps"], teacher_cfg=args["teacher_cfg"],
                            teacher_shift=args["teacher_shift"], latent_shape=shape, vae=args["vae"],
                            flow_threshold=args["flow_threshold"], batch_size=args["batch_size"],
-                           max_sequence_length=args["max_sequence_length"])
+                           max_sequence_length=args["max_sequence_length"], device=args["device"],
+                           dtype=args["dtype"])

@@ -233,6 +233,8 @@ def test_bad_input_one_line_exit_2(sd3, features, tmp_path, capsys):
         (["--models", f"{teacher},mnist/teacher", *ok], "not a backbone student folder"),
         (["--models", teacher, *ok, "--teacher-cfg", "nan"], "--teacher-cfg must be"),
         (["--models", teacher, *ok, "--latent-shape", "4,x"], "--latent-shape must be integers"),
+        (["--models", teacher, *ok, "--dtype", "half"], "--dtype must be one of"),
+        (["--models", teacher, *ok, "--device", "gpu0"], "is not a torch device"),
     ]
     for extra, msg in cases:
         code, _, err = run_cli(capsys, "diversity", *extra, "--out", tmp_path / "out")
