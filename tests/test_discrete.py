@@ -85,6 +85,26 @@ def test_carry_over_and_step_times():
     assert step_times(4).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
 
 
+def test_hamming_diversity_hand_case():
+    from pdmd_lab.discrete.metrics import hamming_diversity
+
+    assert hamming_diversity(torch.tensor([[0, 0], [1, 1]])) == pytest.approx(1.0)
+    assert hamming_diversity(torch.tensor([[0, 0], [0, 1], [1, 1]])) == pytest.approx(2 / 3)  # pairs: 1/2, 1, 1/2
+    assert hamming_diversity(torch.zeros(4, 1, 3, 3, dtype=torch.long)) == 0.0
+
+
+def test_guidance_on_logits(oracle):
+    """CFG on logits, ``l = l_u + w (l_c - l_u)``, from one batched call; ``w = 1`` is the conditional call."""
+    from pdmd_lab.discrete.masking import guided_logits
+
+    z = torch.tensor([[V, V], [3, V], [V, 17]])
+    labels = torch.tensor([0, 1, 2])
+    l_c, l_u = oracle(z, 0.5, labels), oracle(z, 0.5, torch.full_like(labels, oracle.num_classes))
+    torch.testing.assert_close(guided_logits(oracle, z, 0.5, labels, cfg=1.0), l_c)
+    torch.testing.assert_close(guided_logits(oracle, z, 0.5, labels, cfg=3.0), l_u + 3.0 * (l_c - l_u))
+    assert not torch.allclose(l_c, l_u)  # the classes differ from the null class here
+
+
 # The exact oracle and the k-step law ------------------------------------------------------------------
 
 
