@@ -750,6 +750,103 @@ def class_embedding_figure(points: dict, *, reference: str | None = None, scores
     return fig
 
 
+# What the teacher predicts along t ---------------------------------------------------------------
+
+def _phase_of(t: float, boundaries) -> int:
+    """0-based phase whose subinterval ``(t_k, t_{k-1}]`` holds ``t`` (``t = 1`` is phase 0)."""
+    b = _np(boundaries)
+    return int(min(len(b) - 2, max(0, np.searchsorted(-b, -t, side="right") - 1)))
+
+
+def denoiser_predictions(gmm, ts, *, labels=None, n: int = 300, seed: int = 0, velocity=None) -> list[dict]:
+    """The teacher's clean-data prediction ``x0_hat = x_t - t v(x_t, t)`` along the noise path of one draw.
+
+    ``n`` points ``x0`` of ``gmm`` (class ``labels``: an int, ``(n,)`` labels, or None for the
+    unconditional mixture) and one noise ``eps``; per ``t`` in ``ts``: ``x_t = (1 - t) x0 + t eps`` and
+    the prediction of ``velocity(x, t, labels)`` (default: the exact oracle ``gmm.velocity``). Returns
+    ``[{"t", "x_t", "x0_hat", "near_mode"}]`` with ``near_mode`` the share of predictions within 3
+    standard deviations of a mode. At ``t = 1`` every prediction is the data mean ``E[x0]``.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    if labels is None or isinstance(labels, (int, np.integer)):
+        lab = None if labels is None else torch.full((n,), int(labels), dtype=torch.long)
+    else:
+        lab = torch.as_tensor(labels, dtype=torch.long)
+        n = len(lab)
+    x0, _ = gmm.sample(n, seed=g, labels=lab)
+    eps = torch.randn(x0.shape, generator=g)
+    velocity = velocity if velocity is not None else gmm.velocity
+    out = []
+    for t in ts:
+        t = float(t)
+        x_t = flow.add_noise(x0, eps, t)
+        with torch.no_grad():
+            x0_hat = flow.x0_from_velocity(x_t, velocity(x_t, t, lab), t)
+        near = float((gmm.assign_modes(x0_hat) >= 0).float().mean())
+        out.append({"t": t, "x_t": x_t, "x0_hat": x0_hat, "near_mode": near})
+    return out
+
+
+def _data_mean(gmm, labels) -> np.ndarray:
+    lab = None if labels is None else torch.as_tensor(labels).reshape(-1)[:1]
+    return _np(gmm.mode_weights(lab)[0] @ gmm.means)
+
+
+def _draw_prediction(ax, state: dict, gmm, mean: np.ndarray, color) -> None:
+    x_t, x0_hat = _np(state["x_t"]), _np(state["x0_hat"])
+    _draw_modes(ax, gmm)
+    ax.add_collection(LineCollection(np.stack([x_t, x0_hat], 1), colors=[to_rgba("#888888", 0.25)], lw=0.5,
+                                     zorder=1))
+    ax.scatter(x_t[:, 0], x_t[:, 1], s=4, c="#b0b0b0", lw=0, zorder=2)
+    ax.scatter(x0_hat[:, 0], x0_hat[:, 1], s=9, color=color, lw=0, zorder=5)
+    ax.scatter([mean[0]], [mean[1]], marker="*", s=140, c="white", edgecolors="black", lw=1.0, zorder=6)
+
+
+def denoiser_figure(gmm, ts=(0.95, 0.8, 0.6, 0.4, 0.2, 0.05), *, labels=None, boundaries=None, n: int = 300,
+                    seed: int = 0, velocity=None, max_cols: int = 6, title: str | None = None) -> Figure:
+    """Where the teacher sends ``x_t`` at each noise level: one panel per ``t`` (see :func:`denoiser_predictions`).
+
+    Grey: the noisy points ``x_t``; coloured: the teacher's predictions ``x0_hat``, joined to their
+    ``x_t``; the white star is the data mean, the black crosses the modes. At high noise the predictions
+    gather at the mean (the teacher cannot yet tell the modes apart), at low noise they sit on the modes.
+    With ``boundaries`` (a phase boundary list ``1 = t_0 > ... > t_K = 0``) predictions and panel frames
+    take the colour of the phase (expert) whose subinterval holds ``t``. Titles give ``t``, log-SNR and
+    the share of predictions near a mode.
+    """
+    states = denoiser_predictions(gmm, ts, labels=labels, n=n, seed=seed, velocity=velocity)
+    colors = expert_colors(len(boundaries) - 1) if boundaries is not None else None
+    mean = _data_mean(gmm, labels)
+    cols = max(1, min(len(states), max_cols))
+    fig = _new_figure(2.5 * cols + 0.3, 2.75 * math.ceil(len(states) / cols) + (0.7 if title else 0.3))
+    axes = _grid(fig, len(states), max_cols, sharex=True, sharey=True)
+    xlim, ylim = _square_limits([_np(s["x_t"]) for s in states] + [_np(s["x0_hat"]) for s in states], gmm)
+    for ax, s in zip(axes, states):
+        k = _phase_of(s["t"], boundaries) if boundaries is not None else None
+        color = colors[k] if k is not None else "#1f77b4"
+        _draw_prediction(ax, s, gmm, mean, color)
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        phase = f", phase {k + 1}" if k is not None else ""
+        ax.set_title(f"t = {s['t']:.2f} (log-SNR {float(_clipped_logsnr(s['t'])):.1f}){phase}\n"
+                     f"{100 * s['near_mode']:.0f}% of predictions near a mode", fontsize=8)
+        if k is not None:
+            for side in ax.spines.values():
+                side.set_edgecolor(color)
+                side.set_linewidth(2.5)
+    handles = [Line2D([], [], ls="", marker="o", ms=4, color="#b0b0b0", label="noisy x_t"),
+               Line2D([], [], ls="", marker="o", ms=5, color="#1f77b4" if colors is None else colors[0],
+                      label="teacher's x0 prediction"),
+               Line2D([], [], ls="", marker="*", ms=10, mfc="white", mec="black", label="data mean"),
+               Line2D([], [], ls="", marker="x", ms=6, color="black", label="modes")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 # Animations ------------------------------------------------------------------------------------
 
 def _frame_plan(n_steps: int, frames_per_step: int | None, hold_start: int, hold_end: int) -> list[tuple[int, float]]:
@@ -869,6 +966,63 @@ def trajectory_animation(traj: list, expert_index: list[int], *, gmm=None, label
         raise ValueError(f"trajectory states must be points (B, 2) or images (B, C, H, W), got {first.shape}")
     update(0)
     return FuncAnimation(fig, update, frames=len(plan), interval=interval, blit=False, repeat=True)
+
+
+def denoiser_animation(gmm, *, boundaries=None, labels=None, n: int = 200, seed: int = 0, frames: int = 36,
+                       velocity=None, interval: int = 120, hold_end: int = 6, title: str | None = None):
+    """:func:`denoiser_figure` as a :class:`matplotlib.animation.FuncAnimation`, ``t`` sweeping from 1 to 0.
+
+    Left: ``x_t`` (grey) and the teacher's prediction ``x0_hat`` (coloured by the phase holding ``t``
+    when ``boundaries`` are given). Right: log-SNR against ``t`` with the phases shaded and the current
+    ``t`` marked, so the jump of the predictions from the data mean to the modes can be read against the
+    subinterval each expert owns. Save with :func:`animation_to_gif`.
+    """
+    from matplotlib.animation import FuncAnimation
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if frames < 2:
+        raise ValueError(f"frames must be >= 2, got {frames!r}")
+    ts = np.linspace(0.999, 0.0, frames)
+    states = denoiser_predictions(gmm, ts, labels=labels, n=n, seed=seed, velocity=velocity)
+    colors = expert_colors(len(boundaries) - 1) if boundaries is not None else None
+    mean = _data_mean(gmm, labels)
+    fig = _new_figure(7.4, 4.0)
+    FigureCanvasAgg(fig)
+    ax, ax_t = fig.subplots(1, 2, width_ratios=[1.0, 0.8])
+    xlim, ylim = _square_limits([_np(s["x_t"]) for s in states] + [_np(s["x0_hat"]) for s in states], gmm)
+    grid_t = np.linspace(0.002, 0.998, 300)
+    ax_t.set_xlim(1.0, 0.0)
+    ax_t.set_ylim(-LOGSNR_CLIP / 2, LOGSNR_CLIP / 2)
+    if boundaries is not None:
+        b = _np(boundaries)
+        _shade_phases(ax_t, [(b[k], b[k + 1]) for k in range(len(b) - 1)])
+    ax_t.plot(grid_t, _clipped_logsnr(grid_t), color="black", lw=1.2)
+    ax_t.set_xlabel("t (noise to data)", fontsize=8)
+    ax_t.set_ylabel("log-SNR", fontsize=8)
+    ax_t.tick_params(labelsize=7)
+    marker = ax_t.axvline(1.0, color="#d62728", lw=1.5)
+
+    def update(frame: int):
+        s = states[min(frame, len(states) - 1)]
+        ax.clear()
+        k = _phase_of(s["t"], boundaries) if boundaries is not None else None
+        color = colors[k] if k is not None else "#1f77b4"
+        _draw_prediction(ax, s, gmm, mean, color)
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        phase = f", phase {k + 1}" if k is not None else ""
+        ax.set_title(f"t = {s['t']:.2f}{phase}: {100 * s['near_mode']:.0f}% of the teacher's\n"
+                     "x0 predictions near a mode", fontsize=9)
+        marker.set_xdata([s["t"], s["t"]])
+        return [marker]
+
+    if title:
+        fig.suptitle(title, fontsize=10)
+    update(0)
+    return FuncAnimation(fig, update, frames=len(states) + hold_end, interval=interval, blit=False, repeat=True)
 
 
 def animation_to_gif(anim, path=None, *, fps: float | None = None, dpi: int = 72) -> bytes:
