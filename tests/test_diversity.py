@@ -17,7 +17,7 @@ import torch
 from pdmd_lab import diversity as dv
 from pdmd_lab import io
 from pdmd_lab import opticalflow as of
-from pdmd_lab.backbones.tiny import random_prompts, save_tiny, save_tiny_pipeline, tiny_tokenizer
+from pdmd_lab.backbones.tiny import random_prompts, save_tiny, save_tiny_features, save_tiny_pipeline
 from pdmd_lab.cli import main
 
 
@@ -33,32 +33,9 @@ def run_cli(capsys, *args):
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
     """Tiny random feature models: DINOv2, a CLIP vision tower, a CLIP model with text tower and tokenizer."""
-    from transformers import (
-        BitImageProcessor,
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        CLIPVisionModel,
-        Dinov2Config,
-        Dinov2Model,
-    )
-
     root = tmp_path_factory.mktemp("features")
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=37)).save_pretrained(root / "dino")
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "dino")
-    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                  intermediate_size=37)
-    text = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=0)
-    clip_cfg = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
-    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPModel(clip_cfg).save_pretrained(root / "clip")
-    processor.save_pretrained(root / "clip")
-    tiny_tokenizer().save_pretrained(root / "clip")
-    CLIPVisionModel(clip_cfg.vision_config).save_pretrained(root / "clip-vision")
-    processor.save_pretrained(root / "clip-vision")
+    for kind, name in (("dinov2", "dino"), ("clip-vision", "clip-vision"), ("clip", "clip")):
+        save_tiny_features(kind, root / name)
     return root
 
 

@@ -160,3 +160,43 @@ def save_tiny_pipeline(kind: str, folder, seed: int = 0, *, vae: bool = True, te
         raise ValueError(f"no tiny pipeline for {kind!r}; choose sd3 or wan")
     pipe.save_pretrained(str(folder))
     return Path(folder)
+
+
+def save_tiny_features(kind: str, folder, seed: int = 0) -> Path:
+    """Write a tiny random image feature model with its image processor (32x32 inputs) with ``save_pretrained``,
+    for ``pdmd-lab diversity --features`` / ``--clip`` on a laptop: ``"dinov2"`` (``Dinov2Model``),
+    ``"clip-vision"`` (``CLIPVisionModel``) or ``"clip"`` (``CLIPModel`` with its text tower and a word-level
+    tokenizer). Random weights: the numbers they give check the plumbing, not image quality."""
+    from transformers import (
+        BitImageProcessor,
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPVisionModel,
+        Dinov2Config,
+        Dinov2Model,
+    )
+
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=37)
+    text = dict(vocab_size=len(TINY_WORDS), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=37, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=0)
+    crop = {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "dinov2":
+            model = Dinov2Model(Dinov2Config(**{**vision, "num_hidden_layers": 2}))
+            processor = BitImageProcessor(**crop)
+        elif kind == "clip-vision":
+            model = CLIPVisionModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16).vision_config)
+            processor = CLIPImageProcessor(**crop)
+        elif kind == "clip":
+            model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+            processor = CLIPImageProcessor(**crop)
+        else:
+            raise ValueError(f"unknown tiny feature model {kind!r}; choose dinov2, clip-vision or clip")
+    model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    if kind == "clip":
+        tiny_tokenizer().save_pretrained(str(folder))
+    return Path(folder)
