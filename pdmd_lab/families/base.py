@@ -326,8 +326,8 @@ def get_family(x) -> Family:
             raise ValueError("the model does not say which dataset it samples")
     if isinstance(x, str):
         if x not in DATASETS:
-            raise ValueError(f"unknown family or dataset {x!r}; families: {', '.join(FAMILIES)}; "
-                             f"datasets: {', '.join(DATASETS)}")
+            raise ValueError(f"unknown dataset {x!r}; choose one of: {', '.join(DATASETS)} "
+                             f"(or a family: {', '.join(FAMILIES)})")
         x = DATASETS[x]
     for fam in FAMILIES.values():
         if fam.claims(x):
