@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from pdmd_lab import metrics
 from pdmd_lab.data import get_dataset
+from pdmd_lab.progress import heartbeat
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -303,12 +304,13 @@ def run_study(rows: list[str], seeds: list[int], out, *, n: int = 2000, jobs: in
         bar.set_postfix(last=f"{res['row']} s{res['seed']}")
 
     if jobs <= 1:
-        for r, s in todo:
-            record(run_one(r, s, str(out), n, overrides))
+        with heartbeat(bar, enabled=progress):  # a run takes minutes: the bar's clock moves every 10 s
+            for r, s in todo:
+                record(run_one(r, s, str(out), n, overrides))
     else:
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex:
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as ex, heartbeat(bar, enabled=progress):
             fits = {}
             for r, s in todo:  # one starting-net fit per (teacher, net, seed), shared through the disk cache
                 if "@" not in r and get_recipe_teacher(r).startswith("oracle:"):

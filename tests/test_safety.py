@@ -374,3 +374,43 @@ def test_environment_variables_are_parsed(monkeypatch, tmp_path):
     monkeypatch.delenv("PDMD_CACHE")
     assert safety.env_cache() == Path.home() / ".cache" / "pdmd_lab"
     assert os.environ.get("PDMD_CACHE") is None
+
+
+def test_a_plugin_may_take_a_name_only_when_it_says_so():
+    from pdmd_lab.distill import METHODS, Draw, Rollout, flow, register_method
+    from pdmd_lab.distill.methods import DMD
+
+    with pytest.raises(ValueError, match="name 'dmd' is taken"):
+        register_method(type("MyDMD", (DMD,), {"name": "dmd"}))
+    assert METHODS["dmd"] is DMD
+    mine = type("MyDMD", (DMD,), {"name": "dmd", "replaces": True})
+    try:
+        assert register_method(mine) is mine and METHODS["dmd"] is mine
+    finally:
+        METHODS["dmd"] = DMD
+    # What a method needs is exported: a rollout, draws, and the flow helpers.
+    assert Rollout(torch.zeros(2, 2), 0.0).exit_step == 0 and callable(flow.add_noise)
+    per_rank = [Draw(torch.Generator().manual_seed(5), 8, rank, 2) for rank in (0, 1)]
+    shared = [d.uniform(0.2, 0.4) for d in per_rank]
+    assert shared[0] == shared[1] and 0.2 <= shared[0] < 0.4  # the same float on every process
+
+
+def test_heartbeat_speaks_during_a_long_step_and_not_after():
+    import io as stdio
+    import time
+
+    from pdmd_lab.progress import heartbeat
+
+    out = stdio.StringIO()
+    with heartbeat("fitting the starting net", every=0.01, stream=out):
+        deadline = time.time() + 10
+        while "still working" not in out.getvalue() and time.time() < deadline:
+            time.sleep(0.01)  # a long step
+    said = out.getvalue()
+    assert said.startswith("fitting the starting net: still working (")
+    time.sleep(0.05)
+    assert out.getvalue() == said  # stopped with the step
+    quiet = stdio.StringIO()
+    with heartbeat("short", every=60, stream=quiet):
+        pass
+    assert quiet.getvalue() == ""

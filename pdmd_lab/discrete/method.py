@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,7 +152,8 @@ def oracle_start_net(spec: str, oracle: TokenOracle, net_cfg: dict, dataset, ite
     except ValueError:  # none yet, or corrupt: fit
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = fit_net_to_oracle(oracle, net, dataset, iters=iters, seed=seed, progress=False)
+            main = os.environ.get("RANK", "0") == "0"  # a bar on the main process: the fit takes minutes
+            net = fit_net_to_oracle(oracle, net, dataset, iters=iters, seed=seed, progress=main)
         try:
             f.parent.mkdir(parents=True, exist_ok=True)
             io.save_weights_file(f, net.state_dict())

@@ -1,5 +1,6 @@
 """Distillation: the method registry, losses, rollouts and the one trainer (``docs/methods.md``)."""
 
+from pdmd_lab import flow  # the flow helpers a method needs: add_noise, x0_from_velocity, ...
 from pdmd_lab.distill import disjoint  # noqa: E402,F401  (registers phased-dmd-disjoint)
 from pdmd_lab.distill.methods import (
     METHODS,
@@ -12,6 +13,7 @@ from pdmd_lab.distill.methods import (
     get_method,
     register_method,
 )
+from pdmd_lab.distill.rollouts import Rollout
 from pdmd_lab.distill.trainer import (
     DistillConfig,
     Distiller,
@@ -22,5 +24,5 @@ from pdmd_lab.distill.trainer import (
 )
 
 __all__ = ["METHODS", "DMDFamily", "DMDOptions", "DistillConfig", "Distiller", "Draw", "GaussianPrior", "Method",
-           "MethodOptions", "PhasedDMD", "build_distiller", "distill", "get_method", "register_method",
-           "register_teacher_loader"]
+           "MethodOptions", "PhasedDMD", "Rollout", "build_distiller", "distill", "flow", "get_method",
+           "register_method", "register_teacher_loader"]

@@ -137,6 +137,11 @@ class Draw:
         """One integer in ``[lo, hi]``, the same on every process (e.g. an SGTS exit step)."""
         return int(torch.randint(lo, hi + 1, (1,), generator=self.generator))
 
+    def uniform(self, lo: float = 0.0, hi: float = 1.0) -> float:
+        """One float in ``[lo, hi)``, the same on every process (e.g. a time shared by the whole batch, or a
+        coin flip deciding which loss this update uses)."""
+        return lo + (hi - lo) * float(torch.rand((), generator=self.generator, dtype=torch.float64))
+
     def t_between(self, lo: float, hi: float, shift: float = 1.0, dtype=torch.float32) -> torch.Tensor:
         """``t`` strictly inside ``(lo, hi)``: ``u ~ U(0, 1)``, time-shifted, mapped onto the range.
 
@@ -181,6 +186,7 @@ class Method(abc.ABC):
     teacher_kind: ClassVar[str] = "continuous"
     sampler: ClassVar[str] = "euler"
     summary: ClassVar[str] = ""  # one line for --help and the app
+    replaces: ClassVar[bool] = False  # set on a class whose name is already registered, to take it over
 
     def __init__(self, steps: int, shift: float = 1.0, options=None):
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from pdmd_lab import io, metrics
 from pdmd_lab.families.base import Family
+from pdmd_lab.progress import heartbeat
 
 PRDC_K = 5
 TEACHER_ROWS = (50, 4, 1)  # teacher step counts always evaluated
@@ -197,8 +198,10 @@ class ContinuousFamily(Family):
         samples, timing = {}, {}
         ref_key = "__reference_set__"
         jobs = [(ref_key, ref_model, seed + REFERENCE_SEED_OFFSET), *[(k, m, seed) for k, m in models.items()]]
-        for key, model, s in tqdm(jobs, desc="sampling", disable=not progress):
-            samples[key], timing[key] = sample_all(model, labels, s, batch_size)
+        bar = tqdm(jobs, desc="sampling", disable=not progress)
+        with heartbeat(bar, enabled=progress):  # a teacher at 50 steps takes a while: the bar's clock moves
+            for key, model, s in bar:
+                samples[key], timing[key] = sample_all(model, labels, s, batch_size)
         scores = self.score(family, samples, labels, ref_key, classifier=self.classifier(ds))
         rows = {}
         ref_ms = timing[ref_name]

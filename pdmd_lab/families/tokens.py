@@ -32,6 +32,7 @@ from pdmd_lab.discrete.masking import masked_initial, sample_masked, step_net
 from pdmd_lab.discrete.metrics import image_metrics, joint_distances, joint_histogram, to_images, tv_noise_floor
 from pdmd_lab.families.base import Family, Metric, register_family
 from pdmd_lab.families.images import image_panel
+from pdmd_lab.progress import heartbeat
 
 FULL_STEPS = 100  # the teacher's "full" step count in comparisons
 
@@ -353,17 +354,19 @@ class TokensFamily(Family):
             reference_set = ds._sampler.train()[0]
         joint = _joint_of(family)
         rows = {}
-        for name, model in tqdm(models.items(), desc="evaluate", disable=not progress):
-            t0 = time.perf_counter()
-            x, entropy = sample_with_entropy(model, labels, seed, batch_size or 500)
-            row = {"describe": model.describe(), "nfe": int(model.nfe), "steps": int(model.num_steps),
-                   "seconds": round(time.perf_counter() - t0, 2), "output_entropy": entropy}
-            if classifier is None:
-                d = joint_distances(x, labels, joint)
-                row.update({"tv": d["tv"], "kl": d["kl"]})
-            else:
-                row.update(image_metrics(x, labels, classifier, reference_set))
-            rows[name] = row
+        bar = tqdm(models.items(), desc="evaluate", disable=not progress)
+        with heartbeat(bar, enabled=progress):  # sampling a masked teacher at 100 steps takes a while
+            for name, model in bar:
+                t0 = time.perf_counter()
+                x, entropy = sample_with_entropy(model, labels, seed, batch_size or 500)
+                row = {"describe": model.describe(), "nfe": int(model.nfe), "steps": int(model.num_steps),
+                       "seconds": round(time.perf_counter() - t0, 2), "output_entropy": entropy}
+                if classifier is None:
+                    d = joint_distances(x, labels, joint)
+                    row.update({"tv": d["tv"], "kl": d["kl"]})
+                else:
+                    row.update(image_metrics(x, labels, classifier, reference_set))
+                rows[name] = row
         if classifier is None:
             floor = {"tv": sum(tv_noise_floor(joint.table(c), int((labels == c).sum())) for c in range(ds.num_classes))
                      / ds.num_classes}
