@@ -134,3 +134,37 @@ def test_resume_refuses_a_folder_without_a_run(tmp_path, capsys):
         code, err = cli(capsys, "distill", "--resume", "--out", tmp_path / target)
         assert code == 2 and "holds no run to resume" in err
     assert not (tmp_path / "missing").exists() and os.listdir(tmp_path / "e") == []
+
+
+def test_a_failure_names_a_checkpoint_only_if_there_is_one(tmp_path):
+    def nan_after(run, at):
+        orig = run.method.critic_loss
+
+        def critic_loss(r, draw):
+            loss, logs = orig(r, draw)
+            return (loss * float("nan") if r.it >= at else loss), logs
+        run.method.critic_loss = critic_loss
+        return run
+
+    d = nan_after(build_distiller(tiny(method="dmd", steps=1), tmp_path / "a", progress=False), 0)
+    with pytest.raises(RuntimeError, match="at iteration 0 .*; no checkpoint was written"):
+        d.train()
+    assert not (tmp_path / "a" / "train_state").exists()
+    d = nan_after(build_distiller(tiny(method="dmd", steps=1), tmp_path / "b", progress=False), 3)
+    with pytest.raises(RuntimeError, match=r"the last checkpoint \(iteration 2\) in .* is intact"):
+        d.train()
+    assert io.read_config(tmp_path / "b" / "train_state")["iter"] == 2
+
+
+def test_a_teacher_without_a_recipe_gets_its_familys_sizes(tmp_path, capsys):
+    # Stopped by a bad phase count right after the defaults are chosen: nothing is trained or loaded.
+    code = main(["distill", "--teacher", "zoo:mnist/teacher", "--method", "phased-dmd", "--phases", "3",
+                 "--out", str(tmp_path / "m")])
+    out, err = capsys.readouterr()
+    assert code == 2 and "must divide" in err
+    assert "sizes from recipe mnist/phased-dmd-4s4p" in out and "batch_size=32" in out
+    code = main(["distill", "--teacher", "oracle:ring-mix-tokens", "--method", "d-mmd", "--phases", "2",
+                 "--out", str(tmp_path / "t")])
+    out, err = capsys.readouterr()
+    assert code == 2 and "does not apply" in err and "sizes from recipe ring-mix-tokens/" in out
+    assert not (tmp_path / "m").exists() and not (tmp_path / "t").exists()
