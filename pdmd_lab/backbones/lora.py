@@ -351,9 +351,3 @@ class BaseView(AdapterView):
 
     def build_critic(self, phase: int = 0) -> AdapterView:
         return self._owner.build_critic(phase)
-
-    @property
-    def student_class(self):
-        from pdmd_lab.backbones.students import LoRAStudent
-
-        return LoRAStudent

@@ -152,7 +152,7 @@ def encode_prompts(folder, prompts: list[str], *, max_sequence_length: int = 256
     ``prompt_embeds-<hash>.safetensors`` there. A folder without text encoders raises a ValueError
     that asks for an embeddings file instead. Nothing is downloaded.
     """
-    from pdmd_lab.backbones.adapters import find_model
+    from pdmd_lab.backbones.folders import find_model
 
     model = find_model(folder)
     key = _cache_key(str(model.root), prompts, max_sequence_length)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pdmd_lab import io
 from pdmd_lab.backbones.adapters import DiffusersDenoiser, load_backbone
-from pdmd_lab.backbones.lora import AdapterView, LoRAConfig, LoRAExperts
+from pdmd_lab.backbones.lora import AdapterView, BaseView, LoRAConfig, LoRAExperts
 from pdmd_lab.backbones.prompts import PromptEmbeddings
 from pdmd_lab.student import Student
 
@@ -134,6 +134,12 @@ def student_class_for(init_net) -> type[Student]:
     if isinstance(init_net, DiffusersDenoiser):
         return FullStudent
     return Student
+
+
+# The trainer asks its starting net which student to build (``student_class``). The nets live below this
+# module, so their students are attached here, where both are known (the nets never import their students).
+DiffusersDenoiser.student_class = FullStudent  # full-weight experts copied from a backbone
+BaseView.student_class = LoRAStudent  # adapters on one frozen base
 
 
 if hasattr(io, "register_kind"):
