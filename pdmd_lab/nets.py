@@ -187,9 +187,13 @@ def build_net(config: MLPConfig | UNetConfig | dict) -> Denoiser:
 
 
 def default_net_config(dataset) -> MLPConfig | UNetConfig:
-    """The network the kit uses for a dataset: an MLP for 2D, a small UNet for images."""
-    if dataset.kind == "2d":
+    """The network the kit uses for a dataset, by the shape of one sample: an MLP for vectors ``(D,)``, a small
+    UNet for images ``(C, H, W)`` (a family picks it through :meth:`~pdmd_lab.families.Family.default_net_config`)."""
+    if len(dataset.shape) == 1:
         return MLPConfig(data_dim=dataset.shape[0], num_classes=dataset.num_classes)
+    if len(dataset.shape) != 3:
+        raise ValueError(f"no default network for samples of shape {tuple(dataset.shape)} (dataset "
+                         f"{dataset.name!r}): give a network config")
     c, h, _ = dataset.shape
     if h <= 8:
         return UNetConfig(sample_size=h, channels=c, num_classes=dataset.num_classes,
