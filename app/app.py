@@ -9,15 +9,17 @@ One module per tab in ``app/tabs/`` (``compare``, ``phases``, ``diversity``, ``d
 models, the teacher cache, validation, panels) is in ``app/common.py``. This file assembles them.
 
 Compare answers at once: its panels stream in as each is ready (the distilled students first, the
-50-step teacher last, with a progress indicator), and the teacher's outputs are cached per
-(family, class, seed, number of samples, CFG), so a repeated click only re-runs the students.
+50-step teacher last, with a progress indicator), and every model's outputs are cached per
+(family, class, seed, number of samples, CFG), so a repeated click only draws; ``python -m app.app``
+computes the default view in the background at start.
 
-Discrete families (masked diffusion, dataset kind ``"tokens"``: ``ring-mix-tokens``, ``mnist-binary``) are
-in Compare too, with a step count ``k`` picked among their shipped D-MMD students': the teacher at its
-full step count and at ``k`` and ``4k`` steps, the ``k``-step D-MMD student with and without its noise
-input, and data. The panels come from the D-MMD recipes and what is shipped, so a newly shipped student
-appears without code changes. For ``ring-mix-tokens`` each caption gives the exact TV of the samples'
-joint to the true joint. The other tabs are for the continuous families.
+Every dataset is drawn and measured by its family (``pdmd_lab.families``: points, images, tokens,
+trajectories, or a kind registered elsewhere), resolved once per request: a newly registered kind with
+a shipped teacher and student appears in Compare with no change here. Datasets whose students are not
+the ones of ``PANELS`` (the D-MMD students of ``ring-mix-tokens`` and ``mnist-binary``) get a step
+choice ``k`` among their shipped students: the teacher at its full step count and at ``k`` and ``4k``
+steps, the ``k``-step students with and without their noise input, and data. The other tabs are for the
+flow-matching families.
 
 API endpoints (``gradio_client``): ``/generate``, ``/phases``, ``/trajectory``, ``/diversity``,
 ``/class_view``, ``/distill``, ``/collapse_lab``.
@@ -66,7 +68,7 @@ def layout_context(z: Zoo) -> SimpleNamespace:
     default_other = "mnist" if "mnist" in others else (others[0] if others else None)
     shipped = {k for f in others for k in z.students(f)}
     students = [k for k in STUDENTS if k in shipped] + sorted(shipped - set(STUDENTS))
-    discrete = [f for f in families if f not in others]
+    compare_only = [f for f in families if f not in others]  # e.g. masked diffusion (D-MMD)
     notes = "  \n".join(f"- {n}" for n in z.notes)
     lab_choices = list(live.method_presets())  # the registry as it is now
     lab_a, lab_b = [m if m in lab_choices else lab_choices[min(i, len(lab_choices) - 1)]
@@ -85,12 +87,11 @@ CSS = """
 def build_app() -> gr.Blocks:
     """The Gradio Blocks of the app (models load here, once)."""
     ctx = layout_context(get_zoo())
-    discrete, notes = ctx.discrete, ctx.notes
+    compare_only, notes = ctx.compare_only, ctx.notes
     with gr.Blocks(title="pdmd_lab: Phased DMD explorer") as demo:
         gr.Markdown("# pdmd_lab: few-step distillation, side by side\n"
                     "Teacher (50 Euler steps) vs DMD vs DMD2-SGTS vs **Phased DMD** vs DP-DMD, same noise, same class"
-                    + (f"; and in Compare, masked diffusion distilled by **D-MMD** ({', '.join(discrete)})."
-                       if discrete else "."))
+                    + (f"; and in Compare, {', '.join(compare_only)}." if compare_only else "."))
         if notes:
             gr.Markdown(f"<details><summary>Model notes</summary>\n\n{notes}\n</details>")
         for tab in TABS:

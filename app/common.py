@@ -1,7 +1,11 @@
-"""What every tab of the app shares: the shipped models (loaded once), the teacher cache, validation
-of numbers, and how a family's samples become a panel and a number.
+"""What every tab of the app shares: the shipped models (loaded once), the sample cache, validation
+of numbers, and how a family's samples become a panel and numbers.
 
-Thin: every number and figure comes from the library (``pdmd_lab.zoo``, ``metrics``, ``viz``).
+Thin: every number and figure comes from the library. A dataset's **family** (its kind of data:
+points, images, tokens, trajectories, or one a user registers) is resolved once per request with
+:func:`pdmd_lab.families.get_family` and asked: its panel (``render_panel``), classes, the numbers
+under each panel (``compare_metrics``, labels and directions from its ``metrics``), its teacher's step
+count in comparisons. Nothing here asks which kind of data it is.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import torch  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
 from app import live  # noqa: E402
-from pdmd_lab import metrics, viz, zoo  # noqa: E402
+from pdmd_lab import zoo  # noqa: E402
 from pdmd_lab.data import get_dataset  # noqa: E402
+from pdmd_lab.families import Family, get_family  # noqa: E402
+from pdmd_lab.families.continuous import ContinuousFamily  # noqa: E402
 from pdmd_lab.sampling import get_sampler  # noqa: E402
 
 FAMILIES = ("mnist", "ring-mix")  # preferred order; any other family with a teacher and a student follows
@@ -44,12 +50,13 @@ PANELS = (
     ("phased-dmd-4s4p", "Phased DMD, 4 steps / 4 phases"),
     ("dp-dmd-4s", "DP-DMD, 4 steps"),
 )
-# Hook for families whose students are named otherwise (e.g. the D-MMD discrete family): family ->
-# its six (key, title) panels. A family not listed here uses PANELS when it has any of their
-# students, else its teacher panels followed by its own shipped students in name order.
+# Hook for datasets whose panels are chosen by hand: dataset -> its six (key, title) panels. A dataset not
+# listed here uses PANELS when it has any of their students, else a step choice k over its own students
+# (e.g. the D-MMD students of the token datasets): the teacher at full, k and 4k steps, the k-step
+# students with and without their noise input, and data.
 FAMILY_PANELS: dict[str, tuple] = {}
-# Discrete families: the default D-MMD step count k (else the k with the most shipped students, the smallest
-# on a tie), and how a method's name reads in a panel title.
+# Step choices: the default k of a dataset (else the k with the most shipped students, the smallest on a
+# tie), and how a method's name reads in a panel title.
 DEFAULT_STEPS = {"ring-mix-tokens": 2}
 METHOD_TITLES = {"d-mmd": "D-MMD"}
 SAMPLER_API = ("sample", "with_steps", "num_classes", "shape", "nfe", "cfg")  # what Compare needs of a teacher
@@ -60,16 +67,27 @@ LAB_DEFAULTS = ("dmd-1s", "phased-dmd-4s4p")
 
 # Models ----------------------------------------------------------------------------------------
 
-def has_teacher(family: str, available) -> bool:
-    """Whether ``family`` has a teacher: a shipped one, or an exact masked-diffusion oracle
-    (``ring-mix-tokens/teacher``, which ``zoo.list_models`` does not list)."""
-    from pdmd_lab.discrete.evaluate import masked_spec
+def family_of(dataset: str) -> Family:
+    """The :class:`~pdmd_lab.families.Family` of a dataset (a shown error when no family claims it)."""
+    try:
+        return get_family(dataset)
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
 
-    return f"{family}/teacher" in available or masked_spec(f"{family}/teacher", zoo.ASSETS) is not None
+
+def has_teacher(family: str, available) -> bool:
+    """Whether ``family`` (a dataset) has a teacher: a listed one, or an exact oracle its family gives
+    (``ring-mix-tokens/teacher``, which ``zoo.list_models`` does not list)."""
+    if f"{family}/teacher" in available:
+        return True
+    try:
+        return get_family(family).has_oracle(family)
+    except ValueError:  # a dataset no family claims
+        return False
 
 
 def shipped_families(available=None) -> list[str]:
-    """Families with a teacher and at least one shipped student, ``FAMILIES`` first."""
+    """Datasets with a teacher and at least one shipped student, ``FAMILIES`` first."""
     available = set(zoo.list_models() if available is None else available)
     fams = {n.split("/")[0] for n in available if n.count("/") == 1
             and n.split("/")[1] not in ("teacher", "classifier")}
@@ -78,20 +96,11 @@ def shipped_families(available=None) -> list[str]:
 
 
 def _recipe_students(family: str) -> dict[str, dict]:
-    """``name -> recipe`` of the D-MMD students the discrete recipes define for ``family`` (shipped or not)."""
-    from pdmd_lab.discrete.recipes import RECIPES
+    """``name -> recipe`` of the students the kit's recipes define for dataset ``family`` (shipped or not)."""
+    from pdmd_lab.recipes import RECIPES
 
     return {n.split("/", 1)[1]: r for n, r in RECIPES.items()
-            if n.startswith(f"{family}/") and r.get("kind") == "student"}
-
-
-def _teacher_steps(family: str) -> int:
-    """The teacher's full step count: 50 Euler steps, or the discrete comparison's (``FULL_STEPS``, 100)."""
-    if _discrete(family):
-        from pdmd_lab.discrete.evaluate import FULL_STEPS
-
-        return FULL_STEPS
-    return TEACHER_STEPS
+            if n.startswith(f"{family}/") and n.count("/") == 1 and r.get("kind") == "student"}
 
 
 def _student_title(method: str, steps: int, noise_dim) -> str:
@@ -116,8 +125,9 @@ class Zoo:
             if not has_teacher(family, available):
                 self.notes.append(f"family **{family}** skipped: no teacher in assets/models")
                 continue
-            try:  # masked-diffusion teachers: CFG 1 (zoo.load's default for them), full = evaluate's FULL_STEPS
-                loaded = {"teacher": zoo.load(f"{family}/teacher", steps=_teacher_steps(family))}
+            fam = get_family(family)
+            try:  # at the family's comparison step count (50; masked diffusion: 100), its default CFG
+                loaded = {"teacher": zoo.load(f"{family}/teacher", steps=fam.comparison_teacher_steps)}
             except Exception as e:  # a broken teacher folder: skip the family, keep the app up
                 self.notes.append(f"family **{family}** skipped: teacher failed to load ({e})")
                 continue
@@ -128,8 +138,7 @@ class Zoo:
             shipped = sorted(n.split("/")[1] for n in available
                              if n.startswith(f"{family}/") and n.count("/") == 1
                              and n.split("/")[1] not in ("teacher", "classifier"))
-            expected = STUDENTS if family in FAMILIES else _recipe_students(family) if _discrete(family) else ()
-            for key in [k for k in expected if k not in shipped]:
+            for key in [k for k in _recipe_students(family) if k not in shipped]:
                 self.notes.append(f"`{family}/{key}` is not built yet: its panel stays empty")
             for key in shipped:
                 try:
@@ -143,14 +152,9 @@ class Zoo:
                         (m.with_steps(1) if key == "teacher" else m).sample([0])
                     except Exception:  # a model that cannot sample one item still gets its panel's error
                         pass
-            if _kind(family) == "image":
-                clf = zoo.ASSETS / family / "classifier"
-                if (clf / "config.json").exists():
-                    from pdmd_lab.embed import load_classifier
-
-                    self.classifiers[family] = load_classifier(clf)
-                else:
-                    self.notes.append(f"`{family}/classifier` missing: diversity uses raw pixels")
+            clf = fam.classifier(family)  # images: the shipped classifier, whose features measure samples
+            if clf is not None:
+                self.classifiers[family] = clf
 
     @property
     def families(self) -> list[str]:
@@ -165,8 +169,9 @@ class Zoo:
         return [k for k in self.family(family) if k != "teacher"]
 
     def continuous_families(self) -> list[str]:
-        """The families of the tabs besides Compare (flow-matching teachers: points and images)."""
-        return [f for f in self.models if not _discrete(f)]
+        """The datasets of the tabs besides Compare: flow-matching families (trajectories, phases,
+        embeddings of their samples), :class:`~pdmd_lab.families.continuous.ContinuousFamily`."""
+        return [f for f in self.models if isinstance(get_family(f), ContinuousFamily)]
 
     def full_steps(self, family: str) -> int:
         """The teacher's full step count (50 for flow matching, 100 for masked diffusion)."""
@@ -181,10 +186,15 @@ class Zoo:
         return models.get(key)
 
     def step_choices(self, family: str) -> list[int]:
-        """Discrete families: the step counts ``k`` of the shipped students (Compare's step choice); else []."""
-        if not _discrete(family):
+        """Compare's step choice: the step counts ``k`` of the shipped students, for datasets laid out by
+        step count (not by :data:`PANELS`: none of its students shipped; e.g. D-MMD's); else []."""
+        if family in FAMILY_PANELS or self._by_method(family):
             return []
         return sorted({int(self.family(family)[k].num_steps) for k in self.students(family)})
+
+    def _by_method(self, family: str) -> bool:
+        """Whether ``family``'s Compare shows :data:`PANELS` (one of their students is shipped)."""
+        return any(k in self.family(family) for k, _ in PANELS[2:])
 
     def default_steps(self, family: str) -> int | None:
         choices = self.step_choices(family)
@@ -215,8 +225,8 @@ class Zoo:
         the ``k``-step D-MMD student with and without its noise input, and data."""
         if family in FAMILY_PANELS:
             return tuple(FAMILY_PANELS[family])[:6]
-        models = self.family(family)
-        if _discrete(family):
+        models = self.family(family)  # noqa: F841  (unknown datasets raise here)
+        if self.step_choices(family):
             k = self.default_steps(family) if steps is None else int(steps)
             students = self._students_at(family, k)
             noisy = [s[:2] for s in students if s[2]] or [("", _student_title("d-mmd", k, 1))]
@@ -225,10 +235,7 @@ class Zoo:
             return (("teacher", f"Teacher, {full} steps"),
                     (f"teacher@{k}", f"Teacher cut to {k} step{'s' if k != 1 else ''} (no distillation)"),
                     noisy[0], plain[0], (f"teacher@{4 * k}", f"Teacher, {4 * k} steps"), ("data", _data_title(family)))
-        if any(k in models for k, _ in PANELS[2:]):
-            return PANELS
-        own = [(k, k) for k in self.students(family)][:4]
-        return PANELS[:2] + tuple(own) + (("", "(no model)"),) * (4 - len(own))
+        return (("teacher", f"Teacher, {self.full_steps(family)} steps"),) + PANELS[1:]
 
 
 _ZOO: Zoo | None = None
@@ -333,127 +340,38 @@ def figure_array(fig) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def _image_panel(family: str, title: str, x: torch.Tensor, labels, scale: int = 3) -> np.ndarray:
-    n = len(x)
-    grid = viz.image_grid_array(x, max(1, math.ceil(math.sqrt(n))))
-    return np.repeat(np.repeat(grid, scale, 0), scale, 1)  # nearest-neighbour upscale for the page
-
-
-def _points_panel(family: str, title: str, x: torch.Tensor, labels) -> np.ndarray:
-    fig = viz.scatter_figure({"": (x, labels)}, get_dataset(family).gmm)  # the caption names the model
-    fig.set_size_inches(3.6, 3.6)
-    return figure_array(fig)
-
-
-def _tokens_panel(family: str, title: str, x: torch.Tensor, labels) -> np.ndarray:
-    """Masked-diffusion samples: the joint histogram of token pairs, or binary images as a grid."""
-    from pdmd_lab.discrete import viz as dviz
-    from pdmd_lab.discrete.metrics import to_images
-
-    if x.ndim == 2:
-        fig = dviz.joint_figure({"": (x, labels)}, family, true_joint=False)
-        fig.suptitle("")  # the panel's label names the model (and would hide a title at the top)
-        fig.axes[0].set_xlabel(f"joint of the two tokens, {len(x)} samples", fontsize=8)
-        fig.set_size_inches(3.6, 3.6)
-        return figure_array(fig)
-    return _image_panel(family, title, to_images(x), labels)
-
-
 def _empty_panel(size: int = 96) -> np.ndarray:
     return np.full((size, size, 3), 235, dtype=np.uint8)
 
 
-# How a family's samples become a panel, by its dataset's ``kind``: ``RENDERERS[kind] = fn`` with
-# ``fn(family, title, samples, labels) -> (H, W, 3) uint8`` (the discrete D-MMD families: "tokens").
-RENDERERS = {"2d": _points_panel, "image": _image_panel, "tokens": _tokens_panel}
-
-
-def _kind(family: str) -> str | None:
-    try:
-        return get_dataset(family).kind
-    except Exception:  # a family whose data the dataset registry does not know
-        return None
-
-
-def _discrete(family: str) -> bool:
-    """Masked-diffusion families (D-MMD): Compare only, with a step choice."""
-    return _kind(family) == "tokens"
-
-
 def _panel(family: str, title: str, x, labels) -> np.ndarray:
-    render = RENDERERS.get(_kind(family))
-    if render is None:
-        raise gr.Error(f"No panel renderer for family {family!r} (data kind {_kind(family)!r}); "
-                       f"register one in app.common.RENDERERS.")
-    return render(family, title, x, labels)
-
-
-def _diversity(x: torch.Tensor) -> float | None:
-    if not isinstance(x, torch.Tensor) or len(x) < 2:
-        return None
-    return metrics.pairwise_distance(x.reshape(len(x), -1).float())
-
-
-def _token_joint(family: str):
-    """The exact joint of a token family (:data:`pdmd_lab.discrete.teacher.ORACLES`), or None."""
-    from pdmd_lab.discrete.teacher import ORACLES
-
-    return ORACLES[family](get_dataset(family).vocab_size) if family in ORACLES else None
-
-
-def token_tv(family: str, x: torch.Tensor, labels) -> float:
-    """Exact TV of the samples' joint histogram to the true joint, per class, weighted by class counts."""
-    from pdmd_lab.discrete.metrics import joint_distances
-
-    return joint_distances(x, labels, _token_joint(family))["tv"]
+    """One Compare panel: the family draws the samples (``render_panel``) without a title (the caption
+    names the model), rendered to an image."""
+    ax = family_of(family).render_panel(x, labels, dataset=family)
+    fig = ax.figure
+    fig.set_size_inches(3.6, 3.6)
+    return figure_array(fig)
 
 
 # The numbers under each Compare panel: ``(label, value, lower_is_better)``, value a float or a string
-# ("7/8"), direction True (lower is better), False (higher is better), None, or a phrase of its own.
-
-def _points_measures(family: str, x, labels) -> list:
-    """Gaussian mixtures: modes covered (at least 2% of a class's samples within 3 stds) and the KL of the
-    samples' mode histogram to the mixture's weights (:func:`pdmd_lab.metrics.mode_coverage`)."""
-    cov = metrics.mode_coverage(get_dataset(family).gmm, x, labels)
-    return [("modes covered", f"{cov['modes_covered']}/{cov['modes_expected']}", False),
-            ("mode KL", cov["kl"], True)]
-
-
-def _image_measures(family: str, x, labels) -> list:
-    div = _diversity(x)
-    return [("pairwise distance (pixels)", "n/a (1 sample)" if div is None else div, "higher = more varied")]
-
-
-def _tokens_measures(family: str, x, labels) -> list:
-    """Token pairs with an exact joint: the TV to it; binary images: the Hamming diversity."""
-    from pdmd_lab.discrete.metrics import hamming_diversity
-
-    if _token_joint(family) is not None:
-        return [("TV to the true joint", token_tv(family, x, labels), True)]
-    return [("Hamming diversity", "n/a (1 sample)" if len(x) < 2 else hamming_diversity(x), "higher = more varied")]
-
-
-MEASURES = {"2d": _points_measures, "image": _image_measures, "tokens": _tokens_measures}
-
+# ("7/8"), direction True (lower is better), False (higher is better) or None, from the family's metrics.
 
 def _measures(family: str, x, labels) -> list:
-    return MEASURES.get(_kind(family), _image_measures)(family, x, labels)
+    """``[(label, value, lower_is_better)]`` of :meth:`Family.compare_metrics` on one sample set."""
+    fam = family_of(family)
+    known = {m.key: m for m in fam.metrics}
+    values = fam.compare_metrics(family, x, labels, classifier=get_zoo().classifiers.get(family))
+    return [(known[k].label if k in known else k, v, known[k].lower_is_better if k in known else None)
+            for k, v in values.items()]
 
 
-def tv_floor(family: str, labels) -> float | None:
-    """The TV that exact draws give at these labels' class counts (sampling noise alone), or None."""
-    from pdmd_lab.discrete.metrics import tv_noise_floor
-
-    joint = _token_joint(family)
-    if joint is None:
-        return None
-    labels = torch.as_tensor(labels)
-    counts = {int(c): int((labels == c).sum()) for c in torch.unique(labels)}
-    return sum(tv_noise_floor(joint.table(c), m) * m for c, m in counts.items()) / len(labels)
+def measures_legend(family: str, shown) -> str:
+    """What the shown Compare numbers (their labels) measure: the family's metrics' one-line docs."""
+    return "; ".join(f"*{m.label}*: {m.doc}" for m in family_of(family).metrics if m.label in shown and m.doc)
 
 
 def _data_title(family: str) -> str:
-    return ("Data: exact draws from the true joint" if _token_joint(family) is not None
+    return ("Data: exact draws from the true distribution" if family_of(family).has_oracle(family)
             else "Data: training samples")
 
 
@@ -461,19 +379,21 @@ def data_samples(family: str, labels: torch.Tensor, seed: int) -> torch.Tensor:
     """Data of the labels' classes (exact draws for the toy), seeded: the reference panel of discrete families."""
     ds = get_dataset(family)
     g = torch.Generator().manual_seed(int(seed))
-    out = torch.empty((len(labels), *ds.shape), dtype=torch.long)
+    out = None
     for c in torch.unique(labels).tolist():
         rows = torch.nonzero(labels == c)[:, 0]
-        out[rows] = ds.sample(len(rows), seed=g, labels=int(c))[0].long()
+        x = ds.sample(len(rows), seed=g, labels=int(c))[0]
+        out = torch.empty((len(labels), *x.shape[1:]), dtype=x.dtype) if out is None else out
+        out[rows] = x
     return out
 
 
 def _continuous_family(z: Zoo, family: str) -> None:
     """The tabs besides Compare take flow-matching families only."""
     z.family(family)
-    if _discrete(family):
-        raise gr.Error(f"{family!r} is a discrete (masked-diffusion) family: it is shown in the Compare tab only; "
-                       f"here choose one of: {', '.join(z.continuous_families()) or 'none'}.")
+    if family not in z.continuous_families():
+        raise gr.Error(f"{family!r} is not a flow-matching family ({family_of(family).name}): it is shown in the "
+                       f"Compare tab only; here choose one of: {', '.join(z.continuous_families()) or 'none'}.")
 
 
 def _safe(fn, *args):

@@ -78,8 +78,7 @@ def test_generate_panels(client, family):
         assert "NFE" in captions[i] and "ms" in captions[i] and "teacher" in captions[i].lower()
     assert "NFE 100" in captions[0]  # 50 steps with CFG: two evaluations per step
     assert "NFE 1 " in captions[2]  # DMD: one step
-    if family == "mnist":  # 2 samples of 28 px, upscaled 3x, tiled side by side
-        assert _image(images[0]).shape[:2] == (3 * 30, 3 * 59)
+    assert "teacher" in out[12].lower() and "same seed" in out[12]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -228,7 +227,7 @@ def test_concurrent_generations(client):
 # Discrete (masked diffusion) families in Compare -------------------------------------------------
 
 TOKENS = "ring-mix-tokens"
-TV = re.compile(r"TV to the true joint \*\*([0-9.]+)\*\*")
+TV = re.compile(r"\btv \*\*([0-9.]+)\*\*")  # the tokens family's metric label
 
 
 def _tv(caption: str) -> float:
@@ -269,7 +268,7 @@ def test_generate_ring_mix_tokens(client):
     for i in (1, 2, 3):
         assert "NFE 2 " in captions[i], captions[i]
     tv = [_tv(c) for c in captions]
-    assert "k = 2" in summary and "sampling noise alone gives about" in summary
+    assert "k = 2" in summary and "sampling noise alone gives about" in summary and "exact oracle" in summary
 
     # The same numbers from pdmd_lab.discrete.metrics, the same seed and n (classes cycling).
     labels = torch.arange(n) % 4
@@ -297,9 +296,9 @@ def test_generate_ring_mix_tokens_cfg_and_default_steps(client):
 
 
 @pytest.mark.parametrize("family, args, message", [
-    (TOKENS, {"steps": "3"}, "D-MMD steps must be one of"), (TOKENS, {"n": 9000}, "number of samples"),
-    (TOKENS, {"klass": "4"}, "class"), (TOKENS, {"steps": "two"}, "D-MMD steps"),
-    ("ring-mix", {"steps": "2"}, "D-MMD steps apply to the discrete families only"),
+    (TOKENS, {"steps": "3"}, "student steps k must be one of"), (TOKENS, {"n": 9000}, "number of samples"),
+    (TOKENS, {"klass": "4"}, "class"), (TOKENS, {"steps": "two"}, "student steps k"),
+    ("ring-mix", {"steps": "2"}, "student steps k apply only to datasets laid out by step count"),
 ])
 def test_generate_discrete_rejects_bad_values(client, family, args, message):
     with pytest.raises(Exception, match=message):
@@ -367,14 +366,14 @@ def test_discrete_image_family_shows_grids(monkeypatch):
     assert z.step_choices("mnist-binary") == [4]
     assert [k for k, _ in z.panels("mnist-binary")] == ["teacher", "teacher@4", "d-mmd-4s", "",
                                                         "teacher@16", "data"]  # no no-noise recipe for MNIST
-    *_, last = app_module.generate("mnist-binary", "all", 0, 2, 1.0, None, progress=lambda *a, **k: None)
+    *_, last = app_module.generate("mnist-binary", "3", 0, 2, 1.0, None, progress=lambda *a, **k: None)
     images, captions = last[:6], last[6:12]
     assert "NFE 100 " in captions[0] and "NFE 4 " in captions[1] and "NFE 4 " in captions[2]
     assert captions[3]["visible"] is False  # no no-noise student planned for MNIST: the panel is hidden
-    assert all("Hamming diversity" in captions[i] for i in (0, 1, 2, 4))
-    for i in (0, 1, 2, 4):  # 2 binary images of 28 px side by side, upscaled 3x
-        assert images[i].shape[:2] == (3 * 30, 3 * 59), images[i].shape
-    assert "Hamming diversity" in captions[5] or "not available" in captions[5]  # data: MNIST loads offline
+    assert all("hamming_per_class" in captions[i] for i in (0, 1, 2, 4))  # the tokens family's number
+    for i in (0, 1, 2, 4):  # the family's grid, rendered
+        assert images[i].ndim == 3 and min(images[i].shape[:2]) >= 200, images[i].shape
+    assert "hamming_per_class" in captions[5] or "not available" in captions[5]  # data: MNIST loads offline
     with pytest.raises(Exception, match="number of samples"):
         next(app_module.generate("mnist-binary", "all", 0, 65, 1.0, None))
 

@@ -31,10 +31,10 @@ from app.common import (
     _safe,
     _sample_limits,
     data_samples,
+    family_of,
     get_zoo,
-    tv_floor,
+    measures_legend,
 )
-from pdmd_lab.discrete.oracle import TokenOracle
 
 # Compare -----------------------------------------------------------------------------------------
 
@@ -107,11 +107,13 @@ def _caption(r: dict, teacher: dict | None, full_steps: int = TEACHER_STEPS) -> 
 
 
 def _steps_choice(z: Zoo, family: str, steps) -> int | None:
-    """The validated D-MMD step count of a request: one of the family's shipped ``k``, None for others."""
+    """The validated student step count ``k`` of a request: one of the dataset's shipped ``k`` (datasets laid
+    out by step count, see :meth:`Zoo.step_choices`), None for the others."""
     choices = z.step_choices(family)
     if not choices:
         if steps not in (None, ""):
-            raise gr.Error(f"D-MMD steps apply to the discrete families only; {family!r} has none (got {steps!r}).")
+            raise gr.Error(f"student steps k apply only to datasets laid out by step count (D-MMD's); {family!r} "
+                           f"shows fixed methods (got {steps!r}).")
         return None
     if steps in (None, ""):
         return z.default_steps(family)
@@ -120,7 +122,7 @@ def _steps_choice(z: Zoo, family: str, steps) -> int | None:
     except ValueError:
         k = None
     if k not in choices:
-        raise gr.Error(f"D-MMD steps must be one of {', '.join(map(str, choices))} for {family} "
+        raise gr.Error(f"student steps k must be one of {', '.join(map(str, choices))} for {family} "
                        f"(the shipped students' step counts), got {steps!r}.")
     return k
 
@@ -143,6 +145,7 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
     """
     z = get_zoo()
     z.family(family)
+    fam = family_of(family)  # the kind of data, resolved once: panels, numbers and notes come from it
     seed = _int(seed, "seed", 0, SEED_MAX)
     n = _int(num_samples, "number of samples", 1, _sample_limits(family)[0])
     cfg = _float(cfg, "teacher CFG", 0.0, MAX_CFG)
@@ -156,23 +159,23 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
                       for key, title in panels]
     results: dict[int, dict] = {}  # panel -> {"title", "nfe", "ms", "measures", "note"}
     what = "all classes" if class_choice in (None, "", "all") else f"class {class_choice}"
-    start = "the all-masked state and the same seed" if k is not None else "the same noise"
-    summary = (f"{family}, {what}, seed {seed}, {n} sample(s), teacher CFG {cfg:g}"
-               + (f", D-MMD steps k = {k}" if k is not None else "")
-               + f"; every panel starts from {start}. Times are of a warm run (a model done in under a second "
-               f"is run twice and timed the second time); speedup = teacher ({full} steps) time / model time.")
+    summary = (f"{family} ({fam.name}), {what}, seed {seed}, {n} sample(s), teacher CFG {cfg:g}"
+               + (f", student steps k = {k}" if k is not None else "")
+               + "; every panel starts from the same initial state (same seed). Times are of a warm run (a model "
+               f"done in under a second is run twice and timed the second time); speedup = teacher ({full} steps) "
+               "time / model time.")
     distilled = {float(m.meta["cfg"]) for key, m in z.models[family].items()
                  if key != "teacher" and isinstance(getattr(m, "meta", None), dict) and "cfg" in m.meta}
     if k is not None and distilled and cfg not in distilled:
         summary += f"  \nThe students were distilled at CFG {', '.join(f'{c:g}' for c in sorted(distilled))}."
-    if isinstance(getattr(teacher, "model", None), TokenOracle):
-        summary += ("  \nThe teacher is the exact oracle (a lookup in the joint's table, not a network): its times "
-                    "are not a network's.")
-    floor = tv_floor(family, labels)
-    if floor is not None:
-        summary += (f"  \nTV: exact total variation between the samples' joint histogram and the true joint, per "
-                    f"class, weighted by class counts; sampling noise alone gives about {floor:.3f} at this n "
-                    f"(mean of 20 draws).")
+    oracle = fam.oracle(family) if fam.has_oracle(family) else None
+    if oracle is not None and isinstance(getattr(teacher, "model", None), type(oracle)):
+        summary += ("  \nThe teacher is the exact oracle (a closed form, not a network): its times are not a "
+                    "network's, so a distilled network can be slower than it.")
+    note = fam.compare_note(family, labels)
+    if note:
+        summary += f"  \n{note}"
+    head = summary
 
     def update(changed=()):
         """Only the changed panels travel; the caller's last update sends everything."""
@@ -255,6 +258,8 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
         else:
             images[i] = _panel(family, title, x, labels)
         refresh()
+        shown = {m[0] for r in results.values() for m in r["measures"]}
+        summary = head + (f"  \n{measures_legend(family, shown)}." if shown else "")
         yield update([i])
     yield (*images, *captions, summary)
 
@@ -297,7 +302,7 @@ def panel_titles(family: str, steps=None) -> list:
 
 
 def compare_controls(family: str) -> list:
-    """Compare's controls for a newly picked family: the D-MMD step choice (discrete families only), the
+    """Compare's controls for a newly picked family: the student step choice (datasets laid out by k), the
     number of samples (thousands for points and token pairs), the teacher's CFG (1 for masked teachers),
     the family's classes, then the panels (see :func:`panel_titles`)."""
     z = get_zoo()
@@ -325,7 +330,7 @@ def clear_panels(family, steps=None) -> list:
 def build(ctx) -> None:
     """The tab, inside the app's ``gr.Blocks`` (``ctx``: see ``app.app.layout_context``)."""
     z, families, default_family, default_panels = ctx.z, ctx.families, ctx.default_family, ctx.default_panels
-    default_cfg, discrete = ctx.default_cfg, ctx.discrete
+    default_cfg, compare_only = ctx.default_cfg, ctx.compare_only
     with gr.Tab("Compare", elem_id="tab-compare"):
         with gr.Row():
             family = gr.Dropdown(families, value=default_family, label="family", elem_id="family-dd")
@@ -334,7 +339,7 @@ def build(ctx) -> None:
             default_k = z.default_steps(default_family) if default_family else None
             steps = gr.Dropdown(  # custom values allowed: generate() checks them against the family's
                 [str(k) for k in z.step_choices(default_family)] if default_family else [],
-                value=None if default_k is None else str(default_k), label="D-MMD steps k",
+                value=None if default_k is None else str(default_k), label="student steps k",
                 allow_custom_value=True, visible=default_k is not None, elem_id="steps-dd")
             seed = gr.Number(0, label=f"seed (0..{SEED_MAX})", precision=None, elem_id="seed-num")
             count = gr.Number(_sample_limits(default_family)[1] if default_family else 16,
@@ -345,11 +350,11 @@ def build(ctx) -> None:
                     "the full teacher last. The teacher's samples are cached per family, class, seed, number "
                     "and CFG: clicking again shows them at once. Under each panel: the numbers that show "
                     "collapse for this family, with their direction and the full teacher's value beside."
-                    + (f"  \nDiscrete families ({', '.join(discrete)}): masked diffusion, the D-MMD student at "
-                       "k steps with and without its noise input against the teacher at k, 4k and 100 steps "
-                       "and data; the students were distilled at CFG 1. For ring-mix-tokens each panel shows "
-                       "the joint histogram of the two tokens and the exact TV to the true joint."
-                       if discrete else ""))
+                    + (f"  \nCompare only ({', '.join(compare_only)}): for masked diffusion, the D-MMD "
+                       "student at k steps with and without its noise input against the teacher at k, 4k and "
+                       "100 steps and data; the students were distilled at CFG 1. For ring-mix-tokens each "
+                       "panel shows the joint histogram of the two tokens and the exact TV to the true joint."
+                       if compare_only else ""))
         images, captions = [], []
         for row in (range(0, 3), range(3, 6)):
             with gr.Row(equal_height=False):

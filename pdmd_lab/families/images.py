@@ -87,12 +87,12 @@ class ImagesFamily(ContinuousFamily):
                 "div_vendi": mean_per_class(metrics.vendi_score, f, labels, kernel="cosine"),
                 "div_saturation": float((x.abs() > 0.98).double().mean())}
 
-    def compare_metrics(self, dataset, x, labels) -> dict:
-        """The mean pairwise cosine similarity within a class (classifier features when one is shipped,
-        else pixels): lower is more varied."""
+    def compare_metrics(self, dataset, x, labels, *, classifier=None) -> dict:
+        """The mean pairwise cosine similarity within a class (of ``classifier`` features when given, else
+        pixels): lower is more varied."""
         if len(x) < 2 or not any(int((labels == c).sum()) > 1 for c in torch.unique(labels)):
             return {}
-        feats = self.features(dataset, x, self.classifier(dataset))
+        feats = self.features(dataset, x, classifier)
         return {"pairwise_cosine": mean_per_class(metrics.pairwise_cosine_similarity, feats, labels)}
 
     # Rendering ------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ class TrajectoriesFamily(Family):
 
     # Metrics -----------------------------------------------------------------------------------------
 
-    def compare_metrics(self, dataset, x, labels) -> dict:
+    def compare_metrics(self, dataset, x, labels, *, classifier=None) -> dict:
         """Mean optical flow (exact displacement per frame) and dynamic degree (share of samples whose flow
         exceeds :data:`pdmd_lab.motion.DYNAMIC_THRESHOLD`); the teacher's values are the reference."""
         return {"mean_flow": motion.mean_flow(x), "dynamic_degree": motion.dynamic_degree(x)}

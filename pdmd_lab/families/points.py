@@ -73,7 +73,7 @@ class PointsFamily(ContinuousFamily):
             logs["div_saturation"] = float((ds.gmm.assign_modes(x) < 0).double().mean())
         return logs
 
-    def compare_metrics(self, dataset, x, labels) -> dict:
+    def compare_metrics(self, dataset, x, labels, *, classifier=None) -> dict:
         """Mixtures: modes covered (of those the classes have) and the mode KL to the mixture's own weights
         (:func:`pdmd_lab.metrics.mode_coverage`); other point sets: the per-class pairwise distance."""
         ds = self.dataset(dataset)

@@ -240,7 +240,7 @@ class TokensFamily(Family):
 
     comparison_teacher_steps = FULL_STEPS
 
-    def compare_metrics(self, dataset, x, labels) -> dict:
+    def compare_metrics(self, dataset, x, labels, *, classifier=None) -> dict:
         """Token pairs with an exact joint: TV and KL to it (per class, weighted by class counts); binarised
         images: the mean share of differing pixels within a class."""
         ds = self.dataset(dataset)
