@@ -147,12 +147,14 @@ def load_mnist_classifier():
     return load_classifier(zoo.ASSETS / "mnist" / "classifier")
 
 
-def measure(model, n: int, seed: int, out, *, batch_size: int = 250, progress: bool = True) -> dict:
+def measure(model, n: int, seed: int, out, *, batch_size: int = 250, progress: bool = True,
+            worker: tuple[int, int] = (0, 1)) -> dict | None:
     """Sample ``n`` images of ``model`` unconditionally, classify them, write ``out/histogram.json``.
 
     Resumable: each batch's uint8 images, classifier features and predicted digits go to
     ``out/chunks/<b>.pt`` as soon as it is drawn, and a chunk already there is not drawn again (same noise
-    per batch either way); ``out/samples.pt`` holds them all at the end."""
+    per batch either way); ``out/samples.pt`` holds them all at the end. ``worker=(k, m)``: draw only the
+    batches ``b`` with ``b % m == k`` (m processes share the work); returns None while chunks are missing."""
     from tqdm.auto import tqdm
 
     from pdmd_lab.embed import embed
@@ -164,6 +166,8 @@ def measure(model, n: int, seed: int, out, *, batch_size: int = 250, progress: b
     parts = []
     for b, i in enumerate(tqdm(range(0, n, batch_size), disable=not progress, desc="sample")):
         f = out / "chunks" / f"{b}.pt"
+        if not f.exists() and b % worker[1] != worker[0]:
+            continue
         if not f.exists():
             m = min(batch_size, n - i)
             z = torch.randn((m, *model.shape), generator=torch.Generator().manual_seed(int(seed) * 7919 + b))
@@ -173,6 +177,8 @@ def measure(model, n: int, seed: int, out, *, batch_size: int = 250, progress: b
             f.with_suffix(".tmp").rename(f)
             drawn += 1
         parts.append(torch.load(f))
+    if len(parts) < -(-n // batch_size):
+        return None
     all_ = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     torch.save(all_, out / "samples.pt")
     counts = digit_counts(all_["pred"])
@@ -183,9 +189,135 @@ def measure(model, n: int, seed: int, out, *, batch_size: int = 250, progress: b
     return res
 
 
+def chunk_counts(out) -> tuple[np.ndarray, int]:
+    """Digit counts over the chunks of a (possibly unfinished) :func:`measure` folder, and how many samples."""
+    preds = [torch.load(f)["pred"] for f in sorted(Path(out, "chunks").glob("*.pt"))]
+    if not preds:
+        raise ValueError(f"{out} holds no sampled chunks")
+    pred = torch.cat(preds)
+    return digit_counts(pred), len(pred)
+
+
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def from_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.float() / 127.5 - 1
+
+
+# The teacher's reference, kept small in assets ------------------------------------------------------
+
+REFERENCE_FEATURES = 2000  # teacher feature vectors kept for recall (PRDC); FD uses the mean and covariance of all
+
+
+def save_reference(measure_dir, dest) -> dict:
+    """Condense a :func:`measure` folder of the teacher into ``dest`` (safetensors): digit counts, the mean
+    and covariance of all classifier features (for FD), and the first :data:`REFERENCE_FEATURES` feature
+    vectors (for recall). Works on an unfinished folder too (the chunks there)."""
+    from safetensors.torch import save_file
+
+    chunks = sorted(Path(measure_dir, "chunks").glob("*.pt"), key=lambda f: int(f.stem))
+    if not chunks:
+        raise ValueError(f"{measure_dir} holds no sampled chunks")
+    parts = [torch.load(f) for f in chunks]
+    feats = torch.cat([p["features"] for p in parts]).double()
+    pred = torch.cat([p["pred"] for p in parts])
+    t = {"counts": torch.as_tensor(digit_counts(pred)), "feature_mean": feats.mean(0),
+         "feature_cov": torch.cov(feats.T), "features": feats[:REFERENCE_FEATURES].float().contiguous(),
+         "n": torch.tensor(len(pred))}
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    save_file(t, str(dest))
+    return {"n": len(pred), "counts": t["counts"].tolist()}
+
+
+def load_reference(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def score_against_reference(x: torch.Tensor, classifier, ref: dict) -> dict:
+    """The counting metrics, FD (against the teacher's feature mean and covariance) and recall (against the
+    kept teacher features) of images ``x``."""
+    from pdmd_lab.embed import embed
+
+    feats = embed(classifier, x).double()
+    counts = digit_counts(classifier.predict(x))
+    fd = metrics.gaussian_frechet_distance(feats.mean(0).numpy(), torch.cov(feats.T).numpy(),
+                                           ref["feature_mean"].numpy(), ref["feature_cov"].numpy())
+    k = min(len(feats), len(ref["features"]))
+    return {**count_scores(ref["counts"].numpy(), counts), "frechet_distance": fd,
+            "recall": metrics.prdc(ref["features"][:k], feats[:k].float(), k=PRDC_K)["recall"], "n": len(x)}
+
+
+# Figures ------------------------------------------------------------------------------------------
+
+def histogram_figure(teacher_counts, rows: dict, *, title: str | None = None):
+    """Per model (``{name: counts}``) the share of each predicted digit, bars against the teacher's."""
+    from matplotlib.figure import Figure
+
+    t = np.asarray(teacher_counts, np.float64) / np.sum(teacher_counts)
+    n = max(1, len(rows))
+    fig = Figure(figsize=(3.3 * n, 2.6), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    d = np.arange(NUM_DIGITS)
+    for ax, (name, counts) in zip(axes, rows.items()):
+        q = np.asarray(counts, np.float64) / max(1, np.sum(counts))
+        ax.bar(d - 0.2, t, 0.4, color="0.6", label="teacher, 50 steps")
+        ax.bar(d + 0.2, q, 0.4, color="C0", label=name)
+        miss = ~digits_covered(teacher_counts, counts)
+        for j in np.nonzero(miss)[0]:
+            ax.annotate("missed", (j + 0.2, q[j]), ha="center", va="bottom", fontsize=6, color="C3")
+        ax.set_xticks(d)
+        ax.set_title(f"{name}\nKL(teacher || model) {kl_teacher_model(teacher_counts, counts):.3f}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="upper right")
+    axes[0].set_ylabel("share of samples", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def sorted_samples_figure(images: torch.Tensor, pred: torch.Tensor, *, per_digit: int = 12, title: str | None = None):
+    """Samples sorted by predicted digit: one row per digit, the first ``per_digit`` samples predicted as it
+    (an empty row is a digit the model did not draw); the row label gives its share."""
+    from matplotlib.figure import Figure
+
+    images = torch.as_tensor(images)
+    if images.dtype == torch.uint8:
+        images = from_uint8(images)
+    pred = torch.as_tensor(pred)
+    h = images.shape[-1]
+    canvas = np.full((NUM_DIGITS * (h + 2), per_digit * (h + 2)), -1.0)
+    for dgt in range(NUM_DIGITS):
+        idx = torch.nonzero(pred == dgt)[:per_digit, 0]
+        for j, i in enumerate(idx.tolist()):
+            canvas[dgt * (h + 2) + 1:dgt * (h + 2) + 1 + h, j * (h + 2) + 1:j * (h + 2) + 1 + h] = images[i, 0].numpy()
+    fig = Figure(figsize=(per_digit * 0.45 + 0.8, NUM_DIGITS * 0.45 + 0.4), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(canvas, cmap="gray", vmin=-1, vmax=1)
+    share = np.bincount(pred.numpy(), minlength=NUM_DIGITS)[:NUM_DIGITS] / max(1, len(pred))
+    ax.set_yticks([dgt * (h + 2) + h / 2 for dgt in range(NUM_DIGITS)],
+                  [f"{dgt}: {100 * s:.1f}%" for dgt, s in enumerate(share)], fontsize=7)
+    ax.set_xticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+    return fig
+
+
+# Study runs ------------------------------------------------------------------------------------------
+
+REFERENCE_PATH = Path(__file__).resolve().parent.parent / "assets" / "results" / "mnist-uncond" / "teacher_reference.safetensors"
+STUDY_METRICS = ("digit_kl", "digits_covered", "max_share", "frechet_distance", "recall")
+
+
+def study_scores(dataset, model, *, seed: int, n: int) -> dict:
+    """One study run of ``mnist-uncond``: ``n`` unconditional samples of ``model`` (noise from ``seed``)
+    scored against the teacher's shipped reference (:func:`save_reference`)."""
+    if not REFERENCE_PATH.exists():
+        raise ValueError(f"the teacher's reference {REFERENCE_PATH} is missing: run uncond.measure on the teacher "
+                         f"and uncond.save_reference first")
+    x = sample_unconditional(model, n, seed)
+    s = score_against_reference(x, load_mnist_classifier(), load_reference(REFERENCE_PATH))
+    return {k: s[k] for k in (*STUDY_METRICS, "digits_missed", "histogram")}
