@@ -44,15 +44,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pdmd_lab import metrics
 from pdmd_lab.data import get_dataset
+from pdmd_lab.families import get_family
+from pdmd_lab.families.points import PointsFamily
+from pdmd_lab.families.points import score_2d as _score_2d
 from pdmd_lab.progress import heartbeat
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-METRICS_2D = ["energy_distance", "recall", "mode_kl", "teacher_modes_missed", "off_mode", "spread"]
-LOWER_IS_BETTER = {"energy_distance": True, "recall": False, "mode_kl": True, "teacher_modes_missed": True,
-                   "off_mode": True, "spread": False}  # spread: closer to 1 is better
+METRICS_2D = list(PointsFamily.study_metrics)
+LOWER_IS_BETTER = {m: PointsFamily().lower_is_better(m) for m in METRICS_2D}  # spread: closer to 1 is better
 
 
 def t_quantile(df: int) -> float:
@@ -77,32 +78,9 @@ def mean_ci(values) -> tuple[float, float]:
 
 def score_2d(family: str, x: torch.Tensor, labels: torch.Tensor, ref: torch.Tensor, min_share: float = 0.02,
              num_std: float = 3.0) -> dict:
-    """The study's 2D metrics of samples ``x`` against teacher samples ``ref`` (same labels)."""
-    gmm = get_dataset(family).gmm
-    ref_hist = metrics.mode_histogram(gmm, ref, labels, num_std)
-    hist = metrics.mode_histogram(gmm, x, labels, num_std)
-    cov = metrics.mode_coverage(gmm, x, labels, min_share, num_std, reference_weights=ref_hist)
-    teacher_cells = ref_hist >= min_share
-    missed = int((teacher_cells & (hist < min_share)).sum())
-    modes, ref_modes = gmm.assign_modes(x, num_std=num_std), gmm.assign_modes(ref, num_std=num_std)
-    spreads = []
-    for k in range(gmm.num_modes):
-        pts, ref_pts = x[modes == k].double(), ref[ref_modes == k].double()
-        if len(pts) >= 10 and len(ref_pts) >= 10:
-            spreads.append(float(pts.std(0).mean() / ref_pts.std(0).mean()))
-    return {"energy_distance": metrics.energy_distance(x, ref),
-            "recall": metrics.prdc(ref, x, k=5)["recall"],
-            "mode_kl": cov["kl"], "teacher_modes_missed": missed, "teacher_modes": int(teacher_cells.sum()),
-            "off_mode": float((modes < 0).double().mean()), "spread": float(np.mean(spreads)) if spreads else 0.0}
-
-
-def reference_samples(family: str, n: int, seed: int = 10_000):
-    """The teacher's samples every run is scored against: 50 Euler steps with the family's CFG."""
-    from pdmd_lab import zoo
-
-    teacher = zoo.load(f"{family}/teacher", steps=50)
-    labels = torch.arange(n) % teacher.num_classes
-    return teacher.sample(labels, seed=seed), labels
+    """The study's 2D metrics of samples ``x`` against teacher samples ``ref`` (same labels): the points
+    family's (:func:`pdmd_lab.families.points.score_2d`)."""
+    return _score_2d(get_dataset(family).gmm, x, labels, ref, min_share, num_std)
 
 
 # One run ------------------------------------------------------------------------------------------
@@ -176,33 +154,22 @@ def run_one(row: str, seed: int, out: str, n: int, overrides: dict | None = None
         family = get_recipe(row)["teacher"].split(":", 1)[1]
         train_s = time.time() - t0
     family = model.dataset or family
-    scores = family_scores(family, model, seed, n)
+    scores = get_family(family).study_scores(family, model, seed=seed, n=n)  # the dataset's family scores it
     if scores is None:
-        ref, labels = reference_samples(family, n)
-        scores = score_2d(family, model.sample(labels, seed=seed), labels, ref)
+        raise ValueError(f"the family of {family!r} does not score study runs")
     res = {"row": row, "seed": seed, "family": family, "nfe": int(model.nfe), "train_s": round(train_s, 1),
            **scores, "config": config, "commit": current_commit()}
     return res
 
 
-def family_scores(dataset: str, model, seed: int, n: int) -> dict | None:
-    """A family that scores study runs itself (``Family.study_scores(dataset, model, seed=, n=)``, with its
-    metric names in ``Family.study_metrics``) does; None for the others (the 2D metrics above)."""
-    from pdmd_lab.families import get_family
-
-    fn = getattr(get_family(dataset), "study_scores", None)
-    return None if fn is None else fn(dataset, model, seed=seed, n=n)
-
-
 def study_metrics(dataset: str) -> tuple[list[str], dict]:
-    """The metric names a dataset's study rows report and their directions (True: lower is better)."""
-    from pdmd_lab.families import get_family
-
+    """The metric names a dataset's study rows report (its family's ``study_metrics``) and their directions
+    (True: lower is better)."""
     fam = get_family(dataset)
-    names = getattr(fam, "study_metrics", None)
-    if names is None:
-        return METRICS_2D, LOWER_IS_BETTER
-    return list(names), {m: fam.lower_is_better(m) for m in names}
+    names = list(fam.study_metrics or ())
+    if not names:
+        raise ValueError(f"the {fam.name!r} family does not score study runs (dataset {dataset!r})")
+    return names, {m: fam.lower_is_better(m) for m in names}
 
 
 def prefit(row: str, seed: int, overrides: dict | None = None, threads: int = 1) -> None:
@@ -397,9 +364,10 @@ def summary_markdown(summary: dict) -> str:
     lines = []
     for fam, rows in summary.items():
         names = study_metrics(fam)[0]
-        missing = names is METRICS_2D
+        missing = "teacher_modes_missed" in names  # the points family counts missed teacher modes per seed
         lines += [f"### {fam}: mean ± 95% CI over seeds", "",
-                  "| row | NFE | seeds | " + " | ".join(names) + (" | seeds missing a teacher mode |" if missing else " |"),
+                  "| row | NFE | seeds | " + " | ".join(names)
+                  + (" | seeds missing a teacher mode |" if missing else " |"),
                   "|---|---|---|" + "---|" * (len(names) + missing)]
         for row, e in rows.items():
             name = row.split("/", 2)[-1] if row.startswith("study/") else row

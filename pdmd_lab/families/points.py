@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from pdmd_lab import metrics
 from pdmd_lab.families.base import Metric, register_family
 from pdmd_lab.families.continuous import ContinuousFamily, cycling_labels, mean_per_class
@@ -40,7 +43,13 @@ class PointsFamily(ContinuousFamily):
         Metric("pairwise_distance_ratio", "pairwise dist. / ref", None, "over the reference's"),
         Metric("vendi", "Vendi (RBF)", False, "per-class Vendi score, RBF kernel of bandwidth 0.5"),
         Metric("vendi_ratio", "Vendi / ref", None, "over the reference's"),
+        Metric("teacher_modes_missed", "teacher modes missed", True, "(class, mode) cells holding >= 2% of a "
+               "class's teacher samples but < 2% of the model's (study)"),
+        Metric("off_mode", "off-mode share", True, "share of samples farther than 3 stds from every mode (study)"),
+        Metric("spread", "spread", False, "within-mode std over the teacher's, mean over modes both cover; "
+               "1 = the teacher's, < 1 collapsed onto mode centres (study; closer to 1 is better)"),
     )
+    study_metrics = ("energy_distance", "recall", "mode_kl", "teacher_modes_missed", "off_mode", "spread")
 
     # Metrics --------------------------------------------------------------------------------------
 
@@ -81,6 +90,13 @@ class PointsFamily(ContinuousFamily):
             return {"pairwise_distance": mean_per_class(metrics.pairwise_distance, x, labels)} if len(x) > 1 else {}
         cov = metrics.mode_coverage(ds.gmm, x, labels)
         return {"modes": f"{cov['modes_covered']}/{cov['modes_expected']}", "mode_kl": cov["kl"]}
+
+    def study_scores(self, dataset, model, *, seed, n):
+        """One ``pdmd-lab study`` run: ``n`` samples of ``model`` (classes cycling, noise from ``seed``) scored
+        by :func:`score_2d` against the exact teacher's (50 Euler steps, the dataset's CFG, seed 10,000)."""
+        ds = self.dataset(dataset)
+        ref, labels = reference_samples(self, ds.name, n)
+        return score_2d(ds.gmm, model.sample(labels, seed=seed), labels, ref)
 
     # Rendering ------------------------------------------------------------------------------------
 
@@ -145,3 +161,34 @@ def comparison_names(dataset: str, shipped: list[str]) -> list[str]:
     """The rows of every comparison: the teacher at 50, 4 and 1 Euler steps, then each shipped student."""
     students = [n for n in shipped if n.startswith(dataset + "/") and n.split("/")[1] not in ("teacher", "classifier")]
     return [f"{dataset}/teacher@50", f"{dataset}/teacher@4", f"{dataset}/teacher@1", *students]
+
+
+def reference_samples(family, dataset: str, n: int, seed: int = 10_000):
+    """The samples a study scores against: the dataset's exact teacher at 50 Euler steps with its CFG."""
+    if not family.has_oracle(dataset):
+        raise ValueError(f"dataset {dataset!r} has no exact teacher to score study runs against")
+    teacher = family.teacher_sampler(f"oracle:{dataset}", steps=50, name=f"{dataset}/teacher")
+    labels = torch.arange(n) % teacher.num_classes
+    return teacher.sample(labels, seed=seed), labels
+
+
+def score_2d(gmm, x: torch.Tensor, labels: torch.Tensor, ref: torch.Tensor, min_share: float = 0.02,
+             num_std: float = 3.0) -> dict:
+    """The study's point metrics of samples ``x`` against teacher samples ``ref`` (same labels): energy distance,
+    recall (PRDC, k = 5), mode KL against the teacher's mode histogram, ``teacher_modes_missed``, ``off_mode``
+    and ``spread`` (see :attr:`PointsFamily.metrics`)."""
+    ref_hist = metrics.mode_histogram(gmm, ref, labels, num_std)
+    hist = metrics.mode_histogram(gmm, x, labels, num_std)
+    cov = metrics.mode_coverage(gmm, x, labels, min_share, num_std, reference_weights=ref_hist)
+    teacher_cells = ref_hist >= min_share
+    missed = int((teacher_cells & (hist < min_share)).sum())
+    modes, ref_modes = gmm.assign_modes(x, num_std=num_std), gmm.assign_modes(ref, num_std=num_std)
+    spreads = []
+    for k in range(gmm.num_modes):
+        pts, ref_pts = x[modes == k].double(), ref[ref_modes == k].double()
+        if len(pts) >= 10 and len(ref_pts) >= 10:
+            spreads.append(float(pts.std(0).mean() / ref_pts.std(0).mean()))
+    return {"energy_distance": metrics.energy_distance(x, ref),
+            "recall": metrics.prdc(ref, x, k=5)["recall"],
+            "mode_kl": cov["kl"], "teacher_modes_missed": missed, "teacher_modes": int(teacher_cells.sum()),
+            "off_mode": float((modes < 0).double().mean()), "spread": float(np.mean(spreads)) if spreads else 0.0}
