@@ -405,3 +405,44 @@ def test_a_newly_shipped_discrete_student_gets_its_step_choice(monkeypatch):
     captions = last[6:12]
     assert "NFE 1 " in captions[1] and "NFE 1 " in captions[2] and TV.search(captions[2])
     assert "not built yet" in captions[3] or "NFE 1 " in captions[3]  # unless it has been shipped since
+
+
+# A new kind of data, registered from a test file, in Compare with no app change --------------------------
+
+def test_a_new_kind_renders_in_compare(monkeypatch):
+    """The ``signals`` kind and its ``sine-mix`` dataset of ``tests/test_new_family.py`` (1-D signals drawn as
+    line plots, exact oracle teacher), registered here: the app loads its teacher through the zoo, draws every
+    panel with the family's own ``render_panel`` and takes its classes from the family. The DMD panel is
+    the oracle teacher run in one step, standing in for a shipped student."""
+    import test_new_family as new
+
+    from pdmd_lab.data import DATASETS, Dataset, register_dataset
+    from pdmd_lab.families import FAMILIES, get_family, register_family
+
+    register_family(new.SignalsFamily)
+    register_dataset(Dataset("sine-mix", "signals", 2, (new.LENGTH,), "sines of 1 and 2 periods",
+                             gmm=new.sine_mix(), teacher_cfg=2.0))
+    try:
+        assert app_module.shipped_families(["sine-mix/dmd-1s"]) == ["sine-mix"]  # its oracle is its teacher
+        z = app_module.Zoo(families=["sine-mix"])
+        assert "sine-mix" in z.families and "sine-mix" in z.continuous_families()
+        z.models["sine-mix"]["dmd-1s"] = z.models["sine-mix"]["teacher"].with_steps(1)
+        monkeypatch.setattr(common, "_ZOO", z)
+        monkeypatch.setattr(common, "TEACHER_CACHE", common.TeacherCache())
+        drawn = []
+        render = new.SignalsFamily.render_panel
+        monkeypatch.setattr(new.SignalsFamily, "render_panel",
+                            lambda self, x, labels=None, **kw: drawn.append(len(x)) or render(self, x, labels, **kw))
+        *_, last = app_module.generate("sine-mix", "all", 0, 8, 2.0, progress=lambda *a, **k: None)
+        images, captions = last[:6], last[6:12]
+        for i in (0, 1, 2):  # teacher at 50 and 4 steps, the one-step stand-in: line plots, not empty
+            assert images[i].ndim == 3 and images[i].std() > 5, captions[i]
+        assert "NFE 100 " in captions[0] and "NFE 8 " in captions[1] and "NFE 2 " in captions[2]
+        assert drawn == [8, 8, 8]  # every panel by the family's own renderer
+        assert all("not built yet" in captions[i] for i in (3, 4, 5))
+        assert "sine-mix (signals)" in last[12]
+        klass = app_module.compare_controls("sine-mix")[3]
+        assert klass["choices"] == ["all", "0", "1"] and get_family("sine-mix").name == "signals"
+    finally:
+        DATASETS.pop("sine-mix", None)
+        FAMILIES.pop("signals", None)
