@@ -7,6 +7,11 @@
 * :mod:`~pdmd_lab.discrete.dmmd`: the D-MMD losses; :mod:`~pdmd_lab.discrete.method`: the ``d-mmd``
   method of the distillation engine (registered on import, with the masked sampler and teacher loader).
 * :mod:`~pdmd_lab.discrete.metrics`: exact TV / KL of the toy's joint, binarised-MNIST metrics.
+
+What the faces need to know about token data (the prior, rendering, the evaluate table, the comparison
+figure) is the ``tokens`` family's, :mod:`pdmd_lab.families.tokens`; the token joint tables live with the
+data (:class:`pdmd_lab.data.TokenJoint`). Teachers train through the shared loop
+(:func:`pdmd_lab.teacher.train_denoiser`).
 """
 
 from pdmd_lab.discrete import method  # noqa: E402,F401  (registers d-mmd, the sampler, the teacher loader)
