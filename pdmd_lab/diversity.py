@@ -516,7 +516,7 @@ def _draws_frames(ds) -> bool:
 
 # Clips of a point (motion-mix): the image-based flow beside the exact displacement ----------------------------
 
-FRAME_SIZE, FRAME_EXTENT = 64, 5.0  # frames of 64 px showing [-5, 5]^2: 6.4 px per data unit
+FRAME_SIZE, FRAME_EXTENT = 128, 12.0  # frames of 128 px showing [-12, 12]^2 (5.33 px per unit): clips stay inside
 
 
 def trajectory_motion(x: torch.Tensor, *, size: int = FRAME_SIZE, extent: float = FRAME_EXTENT) -> dict:
@@ -534,8 +534,9 @@ def trajectory_motion(x: torch.Tensor, *, size: int = FRAME_SIZE, extent: float 
     dot = of.trajectory_flow_table(trajs, render=lambda t: motion.render_frames(t, size, extent),
                                    pixels_per_unit=ppu)
     pan = of.trajectory_flow_table(trajs, render=lambda t: of.render_frames(t, size, ppu), pixels_per_unit=ppu)
+    outside = (trajs.abs().amax(dim=(1, 2)) > extent).double().tolist()  # 1.0: the dot leaves the frame
     return {"pixels_per_unit": ppu, "exact": dot["exact"], "dot_object": dot["object"],
-            "dot_interior": dot["estimate"], "pan": pan["estimate"]}
+            "dot_interior": dot["estimate"], "pan": pan["estimate"], "outside": outside}
 
 
 def run_trajectory_motion(cfg: DiversityConfig, rows, classes, ds, out: Path, *, progress: bool = True) -> dict:
@@ -544,7 +545,7 @@ def run_trajectory_motion(cfg: DiversityConfig, rows, classes, ds, out: Path, *,
     from pdmd_lab.study import mean_ci
 
     seeds = list(range(cfg.seed, cfg.seed + cfg.seeds))
-    keys = ("exact", "dot_object", "dot_interior", "pan")
+    keys = ("exact", "dot_object", "dot_interior", "pan", "outside")
     per_prompt, clips = [], {r.name: {k: [] for k in keys} for r in rows}
     for label in classes:
         noise = _noise(rows[0].sampler.shape, seeds)
@@ -565,6 +566,7 @@ def run_trajectory_motion(cfg: DiversityConfig, rows, classes, ds, out: Path, *,
         c = clips[r.name]
         summary[r.name]["dynamic_degree_exact"] = of.dynamic_degree(c["exact"], threshold)
         summary[r.name]["dynamic_degree_dot"] = of.dynamic_degree(c["dot_object"], threshold)
+        summary[r.name]["outside_share"] = float(np.mean(c["outside"]))
         moving = np.asarray(c["exact"]) > 1e-9
         for k in ("dot_object", "dot_interior", "pan"):
             e, v = np.asarray(c["exact"]), np.asarray(c[k])
@@ -599,8 +601,9 @@ def trajectory_markdown(result: dict) -> str:
                      f"({100 * v['dot_object_rel_error']:.1f}% off) | {_fmt(v['dot_interior'])} | {_fmt(v['pan'])} "
                      f"({100 * v['pan_rel_error']:.1f}% off) | {100 * v['dynamic_degree_exact']:.1f}% / "
                      f"{100 * v['dynamic_degree_dot']:.1f}% |")
-    lines += ["", f"Dynamic: mean flow > {fr['dynamic_threshold']:g} units = {fr['dynamic_threshold_px']:g} px per "
-              f"frame (half the slow speed)."]
+    lines += ["", f"Dynamic: mean flow > {fr['dynamic_threshold']:g} units = {fr['dynamic_threshold_px']:.3g} px per "
+              f"frame (half the slow speed). Clips leaving the frame (their motion is lost there): "
+              + ", ".join(f"{name} {100 * v['outside_share']:.1f}%" for name, v in s.items()) + "."]
     return "\n".join(lines)
 
 

@@ -292,7 +292,7 @@ def test_motion_mix_flow_beside_exact_displacement(tmp_path, capsys):
     assert code == 0, err
     res = json.loads((out / "diversity.json").read_text())
     ppu = res["frames"]["pixels_per_unit"]
-    assert ppu == 6.4
+    assert ppu == pytest.approx(128 / 24)
     z = dv._noise((16,), [0, 1, 2])
     x = zoo.load("motion-mix/teacher@4").sample([2] * 3, noise=z)
     rec = next(r for r in res["per_prompt"] if r["model"] == "motion-mix/teacher@4" and r["prompt_index"] == 2)
