@@ -164,9 +164,9 @@ def test_subinterval_target_learns_diffused_velocity():
 
 
 @pytest.mark.parametrize("method,steps,phases", [("dmd", 1, 1), ("dmd2-sgts", 4, 1), ("phased-dmd", 4, 2),
-                                                 ("dp-dmd", 4, 1)])
+                                                 ("dp-dmd", 4, 1), ("phased-dmd-alternating", 4, 2)])
 def test_resume_gives_same_weights(tmp_path, method, steps, phases):
-    cfg = dict(method=method, steps=steps, **({"phases": phases} if method == "phased-dmd" else {}))
+    cfg = dict(method=method, steps=steps, **({"phases": phases} if method.startswith("phased-dmd") else {}))
     straight = distill(tiny(**cfg), tmp_path / "a", progress=False)
     d = build_distiller(tiny(**cfg), tmp_path / "b", progress=False)
     d.total_iters = 2  # interrupted after the checkpoint at iteration 2

@@ -92,6 +92,32 @@ def test_disjoint_method_trains_with_disjoint_ranges():
     assert x.shape == (16, 2) and torch.isfinite(x).all()
 
 
+def test_alternating_method_trains_every_region_in_turn_with_its_own_critic(tmp_path):
+    """phased-dmd-alternating: iteration i trains region i mod K from the start (LightX2V's schedule); each
+    region keeps its fake score for the whole run; the progressive method trains phase k in block k."""
+    alt = DistillConfig.from_flat(method="phased-dmd-alternating", steps=4, phases=2).build_method()
+    prog = DistillConfig.from_flat(method="phased-dmd", steps=4, phases=2).build_method()
+    assert [alt.phase_at(i, 8) for i in range(8)] == [0, 1, 0, 1, 0, 1, 0, 1]
+    assert [prog.phase_at(i, 8) for i in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
+    critics, experts = [], []
+
+    def spy(info):
+        d = info["distiller"]
+        critics.append({k: id(v[1]) for k, v in d._phases.items()})
+        experts.append(weights(info["student"]))
+
+    d = build_distiller(tiny(method="phased-dmd-alternating", steps=4, phases=2, iters=6), tmp_path / "run",
+                        progress=False, callbacks=[spy], callback_every=1)
+    d.train()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in log] == [1, 2, 1, 2, 1, 2]
+    assert critics[1] == critics[-1] and len(critics[-1]) == 2  # both critics built once, kept
+    for i in range(1, 6):  # iteration i moves only expert i mod 2
+        moved = {k.split(".")[0] for k in experts[i] if not torch.equal(experts[i][k], experts[i - 1][k])}
+        assert moved == {str(i % 2)}, (i, moved)
+    assert "phased-dmd-alternating" in METHODS
+
+
 # The two math fixes ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shift", [0.3, 1.0, 3.0])
@@ -197,7 +223,8 @@ def _run(cmd, env):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,extra", [("dmd", ["--steps", "1"]), ("phased-dmd", ["--phases", "2"])])
+@pytest.mark.parametrize("method,extra", [("dmd", ["--steps", "1"]), ("phased-dmd", ["--phases", "2"]),
+                                          ("phased-dmd-alternating", ["--phases", "2"])])
 def test_two_processes_equal_one(tmp_path, method, extra):
     """2 processes x batch B (gloo, CPU) end with the same weights as 1 process x batch 2B; one writer."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PDMD_THREADS": "1",
@@ -209,14 +236,16 @@ def test_two_processes_equal_one(tmp_path, method, extra):
                  "-m", "pdmd_lab.cli", *args, "--out", str(tmp_path / "two")], env)
     out1 = _run([sys.executable, "-m", "pdmd_lab.cli", *args, "--out", str(tmp_path / "one")], env)
     assert out2.count("student written") == 1 and out1.count("student written") == 1
-    n_experts = 2 if method == "phased-dmd" else 1
+    n_experts = 2 if method.startswith("phased-dmd") else 1
     worst = 0.0
     for k in range(n_experts):
         a = load_file(str(tmp_path / "one" / f"expert_{k}.safetensors"))
         b = load_file(str(tmp_path / "two" / f"expert_{k}.safetensors"))
         worst = max(worst, max(float((a[n] - b[n]).abs().max()) for n in a))
-    # Measured: 4e-7 (float32 sums in another order). Different noise per process would differ by ~1e-2.
-    assert worst < 1e-5, worst
+    # Measured: 4e-7 to 2e-5 (float32 sums in another order, amplified where Adam's first step divides a
+    # near-zero gradient by its own size; it moves with any round-off change). Different noise per process,
+    # or gradients left unaveraged, differ by ~1e-2.
+    assert worst < 1e-4, worst
     log = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
     assert len(log) == 1  # written once (log_every 10: the last iteration only), not once per process
     assert json.loads((tmp_path / "two" / "config.json").read_text())["processes"] == 2

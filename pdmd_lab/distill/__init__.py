@@ -1,7 +1,7 @@
 """Distillation: the method registry, losses, rollouts and the one trainer (``docs/methods.md``)."""
 
 from pdmd_lab import flow  # the flow helpers a method needs: add_noise, x0_from_velocity, ...
-from pdmd_lab.distill import disjoint  # noqa: E402,F401  (registers phased-dmd-disjoint)
+from pdmd_lab.distill import alternating, disjoint  # noqa: E402,F401  (register phased-dmd-alternating, -disjoint)
 from pdmd_lab.distill.methods import (
     METHODS,
     DMDFamily,

@@ -143,19 +143,10 @@ class Draw:
         return lo + (hi - lo) * float(torch.rand((), generator=self.generator, dtype=torch.float64))
 
     def t_between(self, lo: float, hi: float, shift: float = 1.0, dtype=torch.float32) -> torch.Tensor:
-        """``t`` strictly inside ``(lo, hi)``: ``u ~ U(0, 1)``, time-shifted, mapped onto the range.
-
-        The shift acts within the range (``lo + (hi - lo) shift(u)``), so no shift can move ``t``
-        outside it. ``t >= lo + 1e-5 (hi - lo)``: at ``t = lo`` a subinterval target has ``b = 0``
-        (Phased DMD Eq. 11 divides by it).
-        """
-        if not 0 <= lo < hi <= 1:
-            raise ValueError(f"t range must satisfy 0 <= lo < hi <= 1, got ({lo}, {hi})")
-        u = self.rand(torch.float64)
-        if shift != 1.0:
-            u = flow.shift_time(u, shift)
-        margin = 1e-5 * (hi - lo)
-        return (lo + (hi - lo) * u).clamp(lo + margin, hi).to(dtype)
+        """``(local batch,)`` times strictly inside ``(lo, hi]``: ``u ~ U(0, 1)`` (float64) through
+        :func:`pdmd_lab.flow.t_from_uniform` (time-shifted within the range, kept off ``t = lo``)."""
+        flow.t_from_uniform(torch.zeros(0, dtype=torch.float64), lo, hi, shift)  # checks the range before drawing
+        return flow.t_from_uniform(self.rand(torch.float64), lo, hi, shift).to(dtype)
 
 
 @contextmanager
@@ -187,6 +178,7 @@ class Method(abc.ABC):
     sampler: ClassVar[str] = "euler"
     summary: ClassVar[str] = ""  # one line for --help and the app
     replaces: ClassVar[bool] = False  # set on a class whose name is already registered, to take it over
+    revisits_phases: ClassVar[bool] = False  # True: phase_at returns to earlier phases (each keeps its critic)
 
     def __init__(self, steps: int, shift: float = 1.0, options=None):
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
@@ -219,6 +211,14 @@ class Method(abc.ABC):
     def boundaries(self) -> list[float]:
         return [float(b) for b in flow.phase_boundaries(self.steps, self.num_phases, self.shift)]
 
+    def phase_at(self, it: int, iters: int) -> int:
+        """The schedule: the phase (0-based) whose expert iteration ``it`` (0-based) of ``iters`` trains.
+
+        Progressive by default (Phased DMD Alg. 1): the k-th block of ``iters / num_phases`` iterations
+        trains phase k. A method whose schedule returns to earlier phases sets ``revisits_phases``.
+        """
+        return it // (iters // self.num_phases)
+
     def build_experts(self, init_net: nn.Module) -> list[nn.Module]:
         """One expert per phase, each a copy of the starting net, unless the starting net builds its own
         (``init_net.build_experts(K)``: LoRA adapters on one frozen base, :mod:`pdmd_lab.backbones.lora`)."""
@@ -248,7 +248,9 @@ class Method(abc.ABC):
 
 @dataclass
 class DMDOptions:
-    weighting: str = "paper"  # "paper" (velocity, Phased DMD Eq. 9/10) or "dmd2" (x0 space, normalised)
+    # "dmd2" (x0 space, normalised: the reference code of DMD, DMD2, DP-DMD and LightX2V) or "paper"
+    # (velocity space, Phased DMD Eq. 9/10)
+    weighting: str = "dmd2"
     t_min: float = 0.02  # t range of the DMD gradient and the fake-score loss
     t_max: float = 0.98
     t_shift: float = 1.0  # time shift of the drawn t, applied within the range
@@ -345,6 +347,7 @@ class DMD2SGTS(DMDFamily):
 @dataclass
 class PhasedOptions(DMDOptions):
     phases: int = 4  # K experts, one per SNR subinterval; must divide steps
+    weighting: str = "paper"  # the Phased DMD paper's Eq. 9/10; "dmd2" is selectable
     t_max: float = 1.0  # phase k draws t ~ U(t_k, t_max) (nested)
 
 
