@@ -480,19 +480,33 @@ def _noise(shape, seeds: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _render(row: Row, labels: torch.Tensor, noise: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Images ``(N, 3 or 1, H, W)`` or clips ``(N, 3, F, H, W)`` in [0, 1] for one prompt's seeds."""
+def _render(row: Row, labels: torch.Tensor, noise: torch.Tensor, batch_size: int):
+    """Batches of images ``(B, 3 or 1, H, W)`` or clips ``(B, 3, F, H, W)`` in [0, 1] for one prompt's seeds
+    (a generator: decoded video is large, so each batch is measured and dropped before the next)."""
     from pdmd_lab.backbones.pipelines import decode_latents
 
-    out = []
     dtype = row.vae.dtype if row.vae is not None else torch.float32
     device = row.vae.device if row.vae is not None else torch.device("cpu")
     for i in range(0, len(labels), batch_size):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):  # low-precision weights
             x = row.sampler.sample(labels[i:i + batch_size], seed=0, noise=noise[i:i + batch_size])
         x = decode_latents(row.vae, x) if row.vae is not None else (x.float().clamp(-1, 1) + 1) / 2
-        out.append(x.float().cpu())
-    return torch.cat(out)
+        yield x.float().cpu()
+
+
+def _measure(row: Row, labels, noise, cfg: DiversityConfig, features, clip) -> dict:
+    """One model, one prompt: features, CLIP features, per-clip flows and the images of the contact sheet."""
+    feats, clip_feats, flows, shown = [], [], [], []
+    for x in _render(row, labels, noise, cfg.batch_size):
+        f = _embed(features, x, cfg.batch_size)
+        feats.append(f)
+        if clip is not None:
+            clip_feats.append(f if clip is features else _embed(clip, x, cfg.batch_size))
+        if x.ndim == 5:
+            flows += [of.mean_flow(of.clip_frames(c)) for c in x]
+        shown.append(_middle(x))
+    return {"features": torch.cat(feats), "clip": torch.cat(clip_feats) if clip_feats else None,
+            "flows": flows if flows else None, "shown": torch.cat(shown), "size": tuple(shown[0].shape[-2:])}
 
 
 def _embed(features, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -646,28 +660,26 @@ def run_diversity(cfg: DiversityConfig, out, *, progress: bool = True) -> dict:
     for k, (prompt, label) in it:
         noise = _noise(shape, seeds)
         labels = torch.full((len(seeds),), int(label), dtype=torch.long)
-        outputs, feats = {}, {}
+        measured = {r.name: _measure(r, labels, noise, cfg, features, clip) for r in rows}
+        ref = measured[rows[0].name]["features"]
         for r in rows:
-            x = _render(r, labels, noise, cfg.batch_size)
-            outputs[r.name], feats[r.name] = x, _embed(features, x, cfg.batch_size)
-        ref = feats[rows[0].name]
-        for r in rows:
-            x, f = outputs[r.name], feats[r.name]
+            m = measured[r.name]
+            f = m["features"]
             rec = {"model": r.name, "prompt_index": k, "prompt": prompt, **diversity_scores(f),
                    "teacher_distance": teacher_distance(f, ref)}
             if clip is not None:
-                cf = _embed(clip, x, cfg.batch_size) if clip is not features else f
-                rec["clip_score"] = clip_score(cf, text_features[k])
-            if x.ndim == 5:
+                rec["clip_score"] = clip_score(m["clip"], text_features[k])
+            if m["flows"] is not None:
                 video = True
                 if threshold is None:
-                    threshold = of.default_threshold(*x.shape[-2:])
-                clip_flows = [of.mean_flow(of.clip_frames(c)) for c in x]
+                    threshold = of.default_threshold(*m["size"])
+                clip_flows = m["flows"]
                 flows[r.name] += clip_flows
                 rec["mean_flow"] = float(np.mean(clip_flows))
                 rec["dynamic_degree"] = of.dynamic_degree(clip_flows, threshold)
             per_prompt.append(rec)
-        sheets.append(_contact_sheet(out / "sheets" / f"prompt_{k}.png", prompt, rows, outputs, seeds, video))
+        sheets.append(_contact_sheet(out / "sheets" / f"prompt_{k}.png", prompt, rows,
+                                     {name: m["shown"] for name, m in measured.items()}, seeds, video))
 
     # Over prompts: mean and Student-t 95% interval.
     keys = ["cosine", "vendi", "teacher_distance"] + (["clip_score"] if clip is not None else []) + \
@@ -706,10 +718,11 @@ def run_diversity(cfg: DiversityConfig, out, *, progress: bool = True) -> dict:
     return result
 
 
-def _contact_sheet(path: Path, prompt: str, rows, outputs: dict, seeds, video: bool) -> Path:
+def _contact_sheet(path: Path, prompt: str, rows, shown: dict, seeds, video: bool) -> Path:
+    """Models as rows, seeds as columns (``shown``: images in [0, 1]; video: each clip's middle frame)."""
     from pdmd_lab import viz
 
-    images = {r.name: _middle(outputs[r.name]) * 2 - 1 for r in rows}
+    images = {r.name: shown[r.name] * 2 - 1 for r in rows}
     captions = {r.name: f"NFE {r.info['nfe']}" for r in rows}
     title = f"{prompt!r}: same noise per column" + (" (middle frame of each clip)" if video else "")
     fig = viz.image_grid_figure(images, captions=captions, title=title, column_labels=[f"seed {s}" for s in seeds])
