@@ -44,6 +44,9 @@ STUDY_SPECS = [
     ("phased-dmd-4s4p-dmd2", "phased-dmd", 4, {"phases": 4, "weighting": "dmd2"}),
     ("phased-dmd-4s2p", "phased-dmd", 4, {"phases": 2, "weighting": "paper"}),
     ("phased-dmd-disjoint-4s4p", "phased-dmd-disjoint", 4, {"phases": 4, "weighting": "paper"}),
+    # The same experts trained in turn from the first iteration (LightX2V's schedule; it uses 2 regions).
+    ("phased-dmd-alternating-4s4p", "phased-dmd-alternating", 4, {"phases": 4, "weighting": "paper"}),
+    ("phased-dmd-alternating-4s2p", "phased-dmd-alternating", 4, {"phases": 2, "weighting": "paper"}),
 ]
 
 

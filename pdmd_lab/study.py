@@ -341,7 +341,8 @@ def study_figure(summary: dict, metric_names: list[str] | None = None):
             ax = axes[i][j]
             means = [e[m][0] for e in rows.values()]
             errs = [0 if math.isnan(e[m][1]) else e[m][1] for e in rows.values()]
-            colors = ["0.55" if "@" in r else ("C0" if "phased-dmd-4s" in r else "C1") for r in rows]
+            colors = ["0.55" if "@" in r else "C0" if "phased-dmd-4s" in r else "C2" if "phased-dmd-" in r else "C1"
+                      for r in rows]  # teacher grey, Phased DMD blue, its schedule/range variants green
             ax.barh(y, means, xerr=errs, color=colors, capsize=3)
             ax.set_yticks(y, names if j == 0 else [""] * len(y), fontsize=7)
             ax.invert_yaxis()
