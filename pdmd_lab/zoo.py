@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pdmd_lab import io
+from pdmd_lab import io, safety
 from pdmd_lab.data import DATASETS
 from pdmd_lab.families import get_family
 from pdmd_lab.io import ASSETS, resolve  # noqa: F401  (zoo.resolve: the one reader of ``zoo:`` specs)
@@ -75,6 +75,8 @@ def load(name: str, assets: Path = ASSETS, *, steps: int | None = None, cfg: flo
     """
     name, at_steps = parse_name(name)
     steps = at_steps if steps is None else steps
+    safety.check_number("cfg", cfg, 0)  # NaN / inf or negative guidance: refused, for the app and notebooks too
+    safety.check_number("steps", steps, 1)
     shipped = name.split(":", 1)[1] if name.startswith("zoo:") else name
     dataset = name.split(":", 1)[1] if name.startswith("oracle:") else shipped.split("/")[0]
     if name.startswith("oracle:") or (shipped == f"{dataset}/teacher" and dataset in DATASETS
