@@ -209,6 +209,18 @@ def dynamic_degree(x, threshold: float = DYNAMIC_THRESHOLD) -> float:
     return float((per_sample_flow(x) > threshold).double().mean())
 
 
+def fitted_motion(x) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares line ``p_f ~ a + f v`` per trajectory: the coherent speed ``|v|`` ``(N,)`` and the jitter,
+    the RMS residual per coordinate ``(N,)``. Mean flow counts both: still samples with jitter ``s`` have a
+    flow of about ``1.25 sqrt(2) s``, so noisier outputs read as motion."""
+    p = as_frames(x).double()  # (N, T, 2)
+    f = torch.arange(p.shape[1], dtype=torch.float64)
+    fc = f - f.mean()
+    v = (fc[None, :, None] * (p - p.mean(1, keepdim=True))).sum(1) / (fc**2).sum()  # (N, 2)
+    fit = p.mean(1, keepdim=True) + fc[None, :, None] * v[:, None, :]
+    return v.norm(dim=-1), (p - fit).pow(2).mean((1, 2)).sqrt()
+
+
 def mode_histogram(mixture: TrajectoryMixture, x, labels) -> np.ndarray:
     """Counts ``(C, K)`` of the most likely motion mode per class."""
     modes = mixture.assign_modes(torch.as_tensor(x).reshape(len(x), -1))
@@ -245,8 +257,11 @@ def score(mixture: TrajectoryMixture, x, labels, ref_x) -> dict:
 
     flow_, ref_flow = mean_flow(x), mean_flow(ref_x)
     dyn, ref_dyn = dynamic_degree(x), dynamic_degree(ref_x)
+    speed, jitter = fitted_motion(x)
+    ref_speed, ref_jitter = fitted_motion(ref_x)
     return {"mean_flow": flow_, "flow_ratio": flow_ / ref_flow if ref_flow > 0 else float("nan"),
             "dynamic_degree": dyn, "dynamic_degree_diff": dyn - ref_dyn,
+            "speed_ratio": float(speed.mean() / ref_speed.mean()), "jitter_ratio": float(jitter.mean() / ref_jitter.mean()),
             **mode_scores(mixture, x, labels, ref_x),
             "energy_distance": metrics.energy_distance(torch.as_tensor(x).reshape(len(x), -1).float(),
                                                        torch.as_tensor(ref_x).reshape(len(ref_x), -1).float())}
@@ -294,6 +309,27 @@ def commitment_times(mixture: TrajectoryMixture, level: float = 0.9, n: int = 20
     ts = np.linspace(0.99, 0.01, 99)
     post = motion_type_posterior(mixture, ts, n, seed)
     return {k: float(ts[np.argmax(v >= level)]) if (v >= level).any() else 0.0 for k, v in post.items()}
+
+
+@torch.no_grad()
+def type_mass_along_sampling(mixture: TrajectoryMixture, model, labels, seed: int = 0) -> dict:
+    """Where a sampler commits to a motion type: along its own trajectory ``x_{t_0}, ..., x_{t_N}``, the exact
+    class-conditional posterior mass on each type (still / slow / fast), averaged over samples.
+
+    Returns ``{"t": [t_i], "still": [...], "slow": [...], "fast": [...]}``. For a state distributed as the
+    data noised to ``t_i`` (the teacher's ODE, and a Phased DMD student's phase ends by design) this is
+    the share of that type the model is heading for; comparing a student with the teacher at the same
+    ``t`` shows at which step the motion error is made."""
+    _, traj = model.sample(labels, seed=seed, return_trajectory=True)
+    ts = [float(t) for t in model.step_times]
+    kinds = [n.split("-")[0] for n in mixture.mode_names]
+    groups = {k: [i for i, n in enumerate(kinds) if n == k] for k in dict.fromkeys(kinds)}
+    out = {"t": ts, **{k: [] for k in groups}}
+    for t, x in zip(ts, traj):
+        post = mixture.posterior(x.double().reshape(len(x), -1), min(t, 1 - 1e-6), labels)
+        for k, idx in groups.items():
+            out[k].append(float(post[:, idx].sum(1).mean()))
+    return out
 
 
 # Rendering ------------------------------------------------------------------------------------

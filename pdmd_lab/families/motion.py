@@ -26,6 +26,10 @@ class TrajectoriesFamily(Family):
         Metric("dynamic_degree", "dynamic degree", None,
                f"share of samples whose mean flow exceeds {motion.DYNAMIC_THRESHOLD:g} (half the slow speed)"),
         Metric("dynamic_degree_diff", "dyn. degree - teacher's", None, "dynamic degree minus the reference's"),
+        Metric("speed_ratio", "speed / teacher's", None, "mean fitted speed |v| (least-squares line per clip) "
+               "over the reference's: the coherent motion"),
+        Metric("jitter_ratio", "jitter / teacher's", None, "mean RMS residual around that line over the "
+               "reference's: frame-to-frame noise, which mean flow counts as motion"),
         Metric("mode_kl", "motion-mode KL", True, "KL(reference || model) over the most likely motion modes, "
                "per class, counts + 1"),
         Metric("motion_modes_missed", "modes missed", True, "(class, mode) cells with >= 2% of the reference's "
@@ -98,8 +102,8 @@ class TrajectoriesFamily(Family):
         exceeds :data:`pdmd_lab.motion.DYNAMIC_THRESHOLD`); the teacher's values are the reference."""
         return {"mean_flow": motion.mean_flow(x), "dynamic_degree": motion.dynamic_degree(x)}
 
-    study_metrics = ("mean_flow", "flow_ratio", "dynamic_degree", "dynamic_degree_diff", "mode_kl",
-                     "motion_modes_missed", "still_share", "energy_distance")
+    study_metrics = ("mean_flow", "flow_ratio", "dynamic_degree", "dynamic_degree_diff", "speed_ratio",
+                     "jitter_ratio", "mode_kl", "motion_modes_missed", "still_share", "energy_distance")
 
     def study_scores(self, dataset, model, *, seed: int, n: int) -> dict:
         """One ``pdmd-lab study`` run: ``n`` samples of ``model`` (classes cycling, noise from ``seed``) scored
