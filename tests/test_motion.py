@@ -156,3 +156,27 @@ def test_family_registered_and_scored_by_the_study(tmp_path):
     assert t2["energy_distance"][0] > t50["energy_distance"][0]
     assert "mean_flow" in (out / "summary.md").read_text()
     assert not math.isnan(t2["mean_flow"][0])
+
+
+def test_fitted_speed_and_jitter_known_answers():
+    f = torch.arange(motion.FRAMES, dtype=torch.float64)
+    line = torch.stack([1 + 0.3 * f, -2 + 0.4 * f], -1)  # speed 0.5
+    zigzag = torch.stack([0.1 * (-1) ** f, torch.zeros_like(f)], -1)  # no motion, jitter: residual RMS
+    speed, jitter = motion.fitted_motion(torch.stack([line, line + zigzag]))
+    assert speed[0] == pytest.approx(0.5) and jitter[0] == pytest.approx(0.0, abs=1e-12)
+    res = zigzag[:, 0] - (zigzag[:, 0].mean() + (f - f.mean()) * ((f - f.mean()) * zigzag[:, 0]).sum()
+                          / ((f - f.mean()) ** 2).sum())
+    assert jitter[1] == pytest.approx(float(res.pow(2).sum().div(2 * motion.FRAMES).sqrt()))
+
+
+def test_type_mass_along_the_teachers_trajectory(mix):
+    from pdmd_lab.families import get_family
+
+    teacher = get_family("motion-mix").teacher_sampler("oracle:motion-mix", steps=8, cfg=1.0)
+    labels = torch.arange(400) % 4
+    r = motion.type_mass_along_sampling(mix, teacher, labels)
+    assert len(r["t"]) == 9 and r["t"][0] == 1.0
+    assert r["still"][0] == pytest.approx(motion.CLASS_WEIGHTS["still"], abs=1e-3)  # pure noise: the prior
+    assert all(abs(a + b + c - 1) < 1e-9 for a, b, c in zip(r["still"], r["slow"], r["fast"]))
+    x = teacher.sample(labels, seed=0)  # the end state is the samples the mode counts see
+    assert abs(r["still"][-1] - motion.score(mix, x, labels, x)["still_share"]) < 0.05
