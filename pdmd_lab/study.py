@@ -74,6 +74,26 @@ def mean_ci(values) -> tuple[float, float]:
     return float(v.mean()), float(t_quantile(len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
+def difference_ci(a, b) -> tuple[float, float]:
+    """``mean(a) - mean(b)`` and the half-width of its 95% Welch interval (independent runs, unequal variances;
+    the Welch-Satterthwaite degrees of freedom, rounded down). NaN half-width below 2 values on a side."""
+    a = np.asarray([x for x in a if x is not None and not math.isnan(x)], dtype=np.float64)
+    b = np.asarray([x for x in b if x is not None and not math.isnan(x)], dtype=np.float64)
+    if len(a) == 0 or len(b) == 0:
+        return float("nan"), float("nan")
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return diff, float("nan")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return diff, 0.0
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return diff, float(t_quantile(max(1, int(df))) * math.sqrt(va + vb))
+
+
+REFERENCE_ROW = "phased-dmd-4s4p"  # every row of a family is also compared with this one (row minus it)
+
+
 # Scoring -------------------------------------------------------------------------------------------
 
 def score_2d(family: str, x: torch.Tensor, labels: torch.Tensor, ref: torch.Tensor, min_share: float = 0.02,
@@ -317,6 +337,15 @@ def summarize(out, rows: list[str] | None = None) -> dict:
             entry["teacher_modes"] = rs[0].get("teacher_modes")
             entry["seeds_missing_modes"] = sum(r["teacher_modes_missed"] > 0 for r in rs)
         summary.setdefault(fam, {})[row] = entry
+    for fam, entries in summary.items():  # each row minus the family's Phased DMD 4s4p, with a Welch interval
+        ref = [r for r in entries if r.split("/")[-1] == REFERENCE_ROW]
+        if not ref:
+            continue
+        ref_runs = [r for r in runs if r["row"] == ref[0]]
+        for row, entry in entries.items():
+            rs = [r for r in runs if r["row"] == row]
+            entry[f"minus_{REFERENCE_ROW}"] = {m: difference_ci([r.get(m) for r in rs], [r.get(m) for r in ref_runs])
+                                               for m in study_metrics(fam)[0]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
     study_figure(summary).savefig(out / "summary.png", dpi=110, bbox_inches="tight")
@@ -376,6 +405,16 @@ def summary_markdown(summary: dict) -> str:
                          + (f" | {e['seeds_missing_modes']}/{e['n_seeds']} (of {e['teacher_modes']} cells) |"
                             if missing else " |"))
         lines.append("")
+        key = f"minus_{REFERENCE_ROW}"
+        if any(key in e for e in rows.values()):
+            lines += [f"{fam}: each row minus {REFERENCE_ROW} (difference of means, Welch 95% CI; an interval "
+                      "that excludes 0 is a difference)", "", "| row | " + " | ".join(names) + " |",
+                      "|---|" + "---|" * len(names)]
+            for row, e in rows.items():
+                if key in e and row.split("/")[-1] != REFERENCE_ROW:
+                    name = row.split("/", 2)[-1] if row.startswith("study/") else row
+                    lines.append(f"| {name} | " + " | ".join(_cell(tuple(e[key][m])) for m in names) + " |")
+            lines.append("")
     lines.append("energy distance, mode KL, missed teacher modes, off-mode share: lower is better; recall and "
                  "spread (1 = the teacher's within-mode spread): closer to 1 is better.")
     return "\n".join(lines) + "\n"

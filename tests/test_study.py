@@ -23,6 +23,19 @@ def test_mean_ci_is_the_student_t_interval():
         study.parse_seeds("a-b")
 
 
+
+def test_difference_ci_is_welch():
+    a, b = [1.0, 2.0, 3.0, 4.0, 5.0], [2.0] * 5
+    diff, half = study.difference_ci(a, b)  # b has no spread: the one-sample interval of a, shifted
+    assert diff == 1.0 and half == pytest.approx(2.776 * np.std(a, ddof=1) / math.sqrt(5))
+    a, b = [0.1, 0.4, 0.35, 0.2, 0.3], [1.0, 3.0, 2.0, 2.5, 1.5]
+    va, vb = np.var(a, ddof=1) / 5, np.var(b, ddof=1) / 5
+    df = (va + vb) ** 2 / (va**2 / 4 + vb**2 / 4)  # Welch-Satterthwaite: 4.3 here, so t_{0.975, 4}
+    assert 4 < df < 5
+    assert study.difference_ci(a, b) == pytest.approx((np.mean(a) - np.mean(b), 2.776 * math.sqrt(va + vb)))
+    assert math.isnan(study.difference_ci([1.0], b)[1])
+
+
 def test_score_2d_sees_a_dropped_mode_and_a_collapse():
     ds = get_dataset("ring-mix")
     labels = torch.arange(4000) % 4
