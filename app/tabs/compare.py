@@ -361,9 +361,11 @@ def build(ctx) -> None:
                 for i in row:
                     key, title = default_panels[i]
                     with gr.Column(min_width=200):
-                        # No label badge: it would sit on the panel's top corner; the caption names the model.
-                        images.append(gr.Image(show_label=False, type="numpy", format="png", interactive=False,
-                                               visible=bool(key), elem_id=f"panel-{i}", elem_classes=["panel"]))
+                        # No label badge and no corner icons: they would sit on the panel's top corner (over
+                        # MNIST's corner digits); the caption under it names the model.
+                        images.append(gr.Image(show_label=False, buttons=[], type="numpy", format="png",
+                                               interactive=False, visible=bool(key), elem_id=f"panel-{i}",
+                                               elem_classes=["panel"]))
                         captions.append(gr.Markdown(f"**{title}**", visible=bool(key), elem_id=f"caption-{i}"))
         summary = gr.Markdown(elem_id="summary")
         btn.click(clear_panels, [family, steps], [*images, *captions, summary], queue=False,
