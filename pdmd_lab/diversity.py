@@ -606,7 +606,7 @@ def trajectory_markdown(result: dict) -> str:
     s, fr = result["summary"], result["frames"]
     lines = [f"Mean optical flow of {result['dataset']} clips in px/frame ({len(result['seeds'])} seeds x "
              f"{len(result['prompts'])} classes; mean ± 95% interval over classes). Frames of {fr['size']} px, "
-             f"{fr['pixels_per_unit']:g} px per unit; exact = mean |p_(f+1) - p_f|; Farneback on a dot on black "
+             f"{fr['pixels_per_unit']:.3g} px per unit; exact = mean |p_(f+1) - p_f|; Farneback on a dot on black "
              f"(over the dot, and over the interior as the video metric does) and on a textured pan.", "",
              "| model | exact | Farneback, dot | Farneback, interior | Farneback, pan | dynamic degree exact / dot |",
              "|---|---|---|---|---|---|"]
@@ -763,7 +763,7 @@ def markdown_table(result: dict) -> str:
     for name, info in models.items():
         row = [name, str(info["steps"]) + (f" (CFG {info['cfg']:g})" if info.get("cfg", 1.0) != 1.0 else ""),
                str(info["nfe"]), _fmt(s[name]["cosine"]), _fmt(s[name]["vendi"], 2),
-               _fmt(s[name]["teacher_distance"])]
+               _fmt(s[name]["teacher_distance"], 4)]
         row += [_fmt(s[name]["clip_score"], 2)] if has_clip else []
         row += ["skipped"]
         lines.append("| " + " | ".join(row) + " |")
