@@ -376,13 +376,18 @@ def clips_figure(rows: dict, *, n: int = 4, size: int = 48, extent: float = 10.0
     return fig
 
 
-def save_gif(traj_list, path, *, size: int = 64, extent: float = 10.0, duration_ms: int = 120) -> None:
-    """Write clips side by side as an animated GIF (Pillow): one clip per trajectory in ``traj_list``."""
+def save_gif(traj_rows, path, *, size: int = 64, extent: float = 10.0, duration_ms: int = 120) -> None:
+    """Write clips as an animated GIF (Pillow): ``traj_rows`` is a list of trajectories (one row of clips) or a
+    list of such lists (one row per model), drawn side by side with grey separators."""
     from PIL import Image
 
-    clips = [render_frames(t, size, extent) for t in traj_list]
-    frames = np.concatenate(clips, axis=2)  # (T, H, W * n)
-    sep = np.full((frames.shape[0], frames.shape[1], 1), 80, np.uint8)
-    frames = np.concatenate([frames, sep], 2)
+    rows = traj_rows if isinstance(traj_rows[0], (list, tuple)) else [list(traj_rows)]
+    lines = []
+    for row in rows:
+        clips = [render_frames(t, size, extent) for t in row]
+        sep = np.full((clips[0].shape[0], size, 1), 80, np.uint8)
+        lines.append(np.concatenate([c for clip in clips for c in (clip, sep)], axis=2))  # (T, H, n (W + 1))
+        lines.append(np.full((clips[0].shape[0], 1, lines[-1].shape[2]), 80, np.uint8))
+    frames = np.concatenate(lines[:-1], axis=1) if len(lines) > 2 else lines[0]
     imgs = [Image.fromarray(f) for f in frames]
     imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=duration_ms, loop=0)

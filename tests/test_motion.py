@@ -125,11 +125,13 @@ def test_render_frames_moves_the_dot_by_the_displacement():
 
 def test_gif_and_clips_figure(tmp_path, mix):
     x = mix.sample(3, 0)[0]
-    motion.save_gif(list(x), tmp_path / "clips.gif", size=24)
+    motion.save_gif(x, tmp_path / "clips.gif", size=24)
+    motion.save_gif([list(x), list(x[:2]) + [x[2]]], tmp_path / "rows.gif", size=24)
     from PIL import Image
 
     im = Image.open(tmp_path / "clips.gif")
-    assert im.n_frames == motion.FRAMES and im.size == (3 * 24 + 1, 24)
+    assert im.n_frames == motion.FRAMES and im.size == (3 * 25, 24)  # each clip with a one-pixel separator
+    assert Image.open(tmp_path / "rows.gif").size == (3 * 25, 2 * 24 + 1)
     fig = motion.clips_figure({"data": x}, n=3)
     assert len(fig.axes) == 3
 

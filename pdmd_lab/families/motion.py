@@ -95,6 +95,23 @@ class TrajectoriesFamily(Family):
         """One trajectory as ``uint8 (T, H, W)`` frames of a dot (:func:`pdmd_lab.motion.render_frames`)."""
         return motion.render_frames(traj, size)
 
+    def default_figure(self, dataset, *, shipped: list[str], load, seed: int = 0, label: int = 0, n: int = 6,
+                       n_points: int = 400):
+        """Clips of class ``label`` (frames superimposed, older dimmer): the teacher at 50 and 4 steps and every
+        shipped student, each row captioned with its mean flow and dynamic degree over ``n_points`` clips."""
+        name = self.dataset(dataset).name
+        rows = {f"{name}/teacher@50": load(f"{name}/teacher@50"), f"{name}/teacher@4": load(f"{name}/teacher@4")}
+        rows.update({m: load(m) for m in shipped if not m.endswith("/teacher")})
+        labels = torch.full((n_points,), int(label))
+        clips = {}
+        for row, model in rows.items():
+            x = model.sample(labels, seed=seed)
+            short = row.split("/", 1)[1]
+            clips[f"{short}\nflow {motion.mean_flow(x):.2f}, dyn {motion.dynamic_degree(x):.2f}"] = x
+        fig = motion.clips_figure(clips, n=n, title=f"{name}, class {self.class_names(name)[label]}: "
+                                                     f"{n} clips per model (older frames dimmer)")
+        return fig, f"{name}_clips.png"
+
     # Metrics -----------------------------------------------------------------------------------------
 
     def compare_metrics(self, dataset, x, labels, *, classifier=None) -> dict:
