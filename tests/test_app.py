@@ -185,6 +185,20 @@ def test_live_methods_come_from_the_registry():
     assert set(live.PRESETS) <= set(live.method_presets())  # a method registered after import joins
 
 
+def test_live_names_and_colours():
+    presets = live.method_presets()
+    assert "phased-dmd-disjoint-4s4p" in presets and "phased-dmd-disjoint-4s" not in presets  # the README's name
+    assert presets["phased-dmd-disjoint-4s4p"]["phases"] == 4
+    assert live.readable([{"iter": 1, "loss_fake": 0.5, "dmd_grad_norm": 2.0}]) == [
+        {"iter": 1, live.LOSS_NAMES["loss_fake"]: 0.5, live.LOSS_NAMES["dmd_grad_norm"]: 2.0}]
+    from matplotlib.colors import to_hex
+
+    from pdmd_lab import viz
+
+    classes = {to_hex(viz.class_color(c)) for c in range(4)}  # ring-mix's classes in the scatters
+    assert not set(live.lab_colors(["dmd-1s", "phased-dmd-4s4p"]).values()) & classes
+
+
 def test_distill_live(client, monkeypatch):
     monkeypatch.setattr(live, "DISTILL_INIT_ITERS", 30)  # a rough start is fine for a smoke test
     scatter, curves, status, *_ = client.predict("dmd-1s", 3.0, 10, True, api_name="/distill")

@@ -256,6 +256,8 @@ def test_tab_tour_screenshots(url, browser, tmp_path):
     page = _open(browser, url, height=1700)
     try:
         page.get_by_role("tab", name="Phases").click()
+        page.locator("#phases-fig img").first.wait_for(state="visible", timeout=30_000)  # drawn at load
+        page.locator("#snr-fig img").first.wait_for(state="visible", timeout=30_000)
         page.get_by_role("button", name="Show phases").click()
         page.locator("#trajectory-btn").click()
         page.locator("#trajectory-anim img").first.wait_for(state="visible", timeout=300_000)
