@@ -91,7 +91,8 @@ def cmd_distill(a) -> None:
         if start:
             print(f"pdmd-lab distill: sizes from recipe {start} (" + ", ".join(f"{k}={v}" for k, v in flat.items()
                   if k != "net") + "); flags given override them")
-    given = {k: v for k, v in vars(a).items() if k in _DISTILL_FIELDS | _option_fields() and v is not None}
+    fields = _DISTILL_FIELDS | _option_fields()
+    given = {k: v for k, v in vars(a).items() if k in fields and v is not None}
     if a.recipe and "method" in given and given["method"] != flat["method"]:
         raise ValueError(f"recipe {a.recipe!r} is method {flat['method']!r}; --method {given['method']} contradicts it")
     flat.update(given)

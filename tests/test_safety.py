@@ -98,7 +98,8 @@ def snapshot(folder: Path) -> dict[str, str]:
 def package_files() -> dict[str, str]:
     """The package's files: names of its sources (their text is the kit's, edited by people), names and
     hashes of everything else (what a command writing there by mistake would leave)."""
-    return {k: ("source" if k.endswith(".py") else v) for k, v in snapshot(PACKAGE).items()}
+    return {str(p.relative_to(PACKAGE)): "source" if p.suffix == ".py" else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(PACKAGE.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
 
 
 # (id, argv, what the one line must say, environment). Grouped as the issue's "Why" lists them, then the rest

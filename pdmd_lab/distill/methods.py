@@ -88,8 +88,13 @@ def load_plugins() -> None:
             first = (str(e).strip().splitlines() or [""])[0]
             raise ValueError(f"plugin module {name!r} named in PDMD_PLUGINS failed to import: "
                              f"{type(e).__name__}: {first}") from None
-    for ep in entry_points(group="pdmd_lab.plugins"):
-        ep.load()
+    if not _ENTRY_POINTS_LOADED:  # scanning installed packages' metadata costs ~50 ms: once per process
+        for ep in entry_points(group="pdmd_lab.plugins"):
+            ep.load()
+        _ENTRY_POINTS_LOADED.append(True)
+
+
+_ENTRY_POINTS_LOADED: list = []
 
 
 def get_method(name: str) -> type["Method"]:
