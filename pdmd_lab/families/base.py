@@ -66,6 +66,10 @@ class Family:
 
     name: ClassVar[str] = ""
     dataset_kinds: ClassVar[tuple[str, ...]] = ()
+    #: dataset names this family owns without a :data:`~pdmd_lab.data.DATASETS` entry, because the model
+    #: defines shape and classes (backbone latents: ``("prompts",)``); such a family overrides
+    #: :meth:`dataset` / :meth:`shape` / :meth:`num_classes` to read them from the model.
+    unregistered_datasets: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     samplers: ClassVar[tuple[str, ...]] = ("euler",)
     teacher_kind: ClassVar[str] = "teacher"
@@ -325,6 +329,9 @@ def get_family(x) -> Family:
         if not x:
             raise ValueError("the model does not say which dataset it samples")
     if isinstance(x, str):
+        owner = next((f for f in FAMILIES.values() if x in f.unregistered_datasets), None)
+        if owner is not None:  # e.g. the latents of a diffusers backbone: shape and classes are the model's
+            return owner
         if x not in DATASETS:
             raise ValueError(f"unknown dataset {x!r}; choose one of: {', '.join(DATASETS)} "
                              f"(or a family: {', '.join(FAMILIES)})")
