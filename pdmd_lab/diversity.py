@@ -18,15 +18,16 @@ Protocol (Phased DMD, Table 3 and the Wan2.1 video table):
    convention).
 5. Video: per clip the mean optical-flow magnitude of the decoded frames (:mod:`pdmd_lab.opticalflow`,
    Farneback) and the dynamic degree, the share of clips above a stated threshold.
-6. Over prompts: the mean with a Student-t 95% interval. LPIPS is computed only where its weights are
-   local; the ``lpips`` package takes its backbone from torchvision's pretrained weights, which this kit
-   never downloads, so the table says it was skipped.
+6. Over prompts: the mean with a Student-t 95% interval. LPIPS is not computed: the ``lpips`` package
+   takes its backbone from torchvision's pretrained weights, which are not local (this kit never
+   downloads), and the table says it was skipped.
 
 The teacher (``diffusers:PATH``, optionally ``diffusers:PATH@STEPS``) runs with the steps, CFG scale and
 time shift given (recorded in ``diversity.json``); students (LoRA or full-weight folders) run their own
 steps with no CFG. Kit models (zoo names and folders of the kit's own datasets) go through the same
 command with their own data: classes are the prompts, and image families are embedded with their shipped
-classifier unless ``--features`` is given.
+classifier unless ``--features`` is given; ``motion-mix`` clips are drawn as frames and their Farneback flow
+is put beside the exact displacement (:func:`trajectory_motion`).
 
 Outputs: ``diversity.json``, ``diversity.csv`` (one line per model and prompt), ``diversity.md`` (laid
 out like the paper's tables) and ``sheets/prompt_K.png`` (models as rows, seeds as columns; video: the
