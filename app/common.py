@@ -360,7 +360,10 @@ def _measures(family: str, x, labels) -> list:
     """``[(label, value, lower_is_better)]`` of :meth:`Family.compare_metrics` on one sample set."""
     fam = family_of(family)
     known = {m.key: m for m in fam.metrics}
-    values = fam.compare_metrics(family, x, labels, classifier=get_zoo().classifiers.get(family))
+    try:
+        values = fam.compare_metrics(family, x, labels, classifier=get_zoo().classifiers.get(family))
+    except ValueError as e:  # e.g. too few samples for a number: the panel stays, the number says why
+        return [("numbers", f"n/a ({e})", None)]
     return [(known[k].label if k in known else k, v, known[k].lower_is_better if k in known else None)
             for k, v in values.items()]
 

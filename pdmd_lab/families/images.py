@@ -90,8 +90,12 @@ class ImagesFamily(ContinuousFamily):
     def compare_metrics(self, dataset, x, labels, *, classifier=None) -> dict:
         """The mean pairwise cosine similarity within a class (of ``classifier`` features when given, else
         pixels): lower is more varied."""
-        if len(x) < 2 or not any(int((labels == c).sum()) > 1 for c in torch.unique(labels)):
+        labels = torch.as_tensor(labels)
+        several = [c for c in torch.unique(labels).tolist() if int((labels == c).sum()) > 1]
+        if not several:  # one sample per class: no pair to compare
             return {}
+        keep = torch.isin(labels, torch.tensor(several))
+        x, labels = x[keep], labels[keep]
         feats = self.features(dataset, x, classifier)
         return {"pairwise_cosine": mean_per_class(metrics.pairwise_cosine_similarity, feats, labels)}
 

@@ -87,7 +87,11 @@ class PointsFamily(ContinuousFamily):
         (:func:`pdmd_lab.metrics.mode_coverage`); other point sets: the per-class pairwise distance."""
         ds = self.dataset(dataset)
         if ds.gmm is None:
-            return {"pairwise_distance": mean_per_class(metrics.pairwise_distance, x, labels)} if len(x) > 1 else {}
+            several = [c for c in torch.unique(labels).tolist() if int((labels == c).sum()) > 1]
+            keep = torch.isin(labels, torch.tensor(several, dtype=torch.long))
+            if not several:  # one sample per class: no pair to compare
+                return {}
+            return {"pairwise_distance": mean_per_class(metrics.pairwise_distance, x[keep], labels[keep])}
         cov = metrics.mode_coverage(ds.gmm, x, labels)
         return {"modes": f"{cov['modes_covered']}/{cov['modes_expected']}", "mode_kl": cov["kl"]}
 
