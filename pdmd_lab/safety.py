@@ -68,7 +68,11 @@ def foreign_entries(path) -> list[str]:
     """Names of the entries of ``path`` the kit would not have written there (sorted)."""
     path = Path(path)
     if kit_kind(path) is None:
-        return sorted(p.name for p in path.iterdir())
+        if (path / "config.json").exists():  # someone else's config: nothing here is the kit's
+            return sorted(p.name for p in path.iterdir())
+        # A run stopped before its first checkpoint holds only its log (and temporary files).
+        return sorted(p.name for p in path.iterdir() if not (_is_kit_entry(p) and p.suffix not in _KIT_SUFFIXES
+                                                             and p.name != "train_state"))
     return sorted(p.name for p in path.iterdir() if not _is_kit_entry(p))
 
 
@@ -85,6 +89,8 @@ def describe_folder(path) -> str:
     if (path / "model_index.json").is_file() or (isinstance(cfg, dict) and "_class_name" in cfg):
         return "a diffusers model"
     names = sorted(p.name for p in path.iterdir())
+    if not foreign_entries(path):
+        return "the log of a run stopped before its first checkpoint"
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
     return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'} ({shown})"
 
@@ -167,8 +173,9 @@ def clear_kit_folder(path) -> None:
     """Remove the kit's own entries of a kit folder (only those; :func:`output_folder` checked there are no
     others)."""
     path = Path(path)
+    foreign = set(foreign_entries(path))
     for p in path.iterdir():
-        if not _is_kit_entry(p):
+        if p.name in foreign:
             continue
         if p.is_dir():
             shutil.rmtree(p)

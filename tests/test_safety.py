@@ -421,3 +421,19 @@ def test_heartbeat_speaks_during_a_long_step_and_not_after():
     with heartbeat("short", every=60, stream=quiet):
         pass
     assert quiet.getvalue() == ""
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_be_replaced(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"iter": 10}\n')
+    code, _, err = run_cli(capsys, [*D, "--out", out])
+    assert code == 2 and "the log of a run stopped before its first checkpoint" in err and "--overwrite" in err
+    (tmp_path / "mine").mkdir()
+    for name in ("log.jsonl", "weights.safetensors"):  # a log beside a file of the user's: not the kit's folder
+        (tmp_path / "mine" / name).write_text("x")
+    code, _, err = run_cli(capsys, [*D, "--overwrite", "--out", tmp_path / "mine"])
+    assert code == 2 and "did not write (weights.safetensors)" in err
+    assert safety.foreign_entries(out) == [] and (out / "log.jsonl").is_file()
+    safety.clear_kit_folder(out)
+    assert list(out.iterdir()) == []
