@@ -9,4 +9,4 @@ from pdmd_lab.families.base import FAMILIES, Family, Metric, get_family, registe
 __all__ = ["FAMILIES", "Family", "Metric", "get_family", "register_family"]
 
 # The kit's families register on import (motion: "trajectories", the motion-mix dataset).
-from pdmd_lab.families import points, images, tokens, motion  # noqa: E402,F401,I001
+from pdmd_lab.families import points, images, tokens, motion, latents  # noqa: E402,F401,I001
