@@ -185,6 +185,17 @@ def test_live_methods_come_from_the_registry():
     assert set(live.PRESETS) <= set(live.method_presets())  # a method registered after import joins
 
 
+def test_compare_numbers_with_singleton_classes():
+    """n = 16 over 10 classes: six classes have two samples, four have one; the numbers use the six."""
+    from pdmd_lab.families import get_family
+
+    x, labels = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 10
+    keep = labels < 6
+    ref = get_family("mnist").compare_metrics("mnist", x[keep], labels[keep])["pairwise_cosine"]
+    assert get_family("mnist").compare_metrics("mnist", x, labels)["pairwise_cosine"] == pytest.approx(ref)
+    assert get_family("mnist").compare_metrics("mnist", x[:3], labels[:3]) == {}  # no pair in any class
+
+
 def test_live_names_and_colours():
     presets = live.method_presets()
     assert "phased-dmd-disjoint-4s4p" in presets and "phased-dmd-disjoint-4s" not in presets  # the README's name
