@@ -23,7 +23,7 @@ def _command_line() -> str:
 def cmd_train_teacher(a) -> None:
     from pdmd_lab.families import get_family
 
-    family = get_family(a.data)  # the dataset's family trains it (flow matching, masked diffusion...)
+    family = get_family(a.data)  # the dataset's family trains it
     cfg = family.teacher_config(a.data, iters=a.iters, seed=a.seed, batch_size=a.batch_size, lr=a.lr,
                                 checkpoint_every=a.checkpoint_every)
     out = safety.run_folder(a.out, f"{family.teacher_kind}-train-state", restart=a.restart, overwrite=a.overwrite)
@@ -277,7 +277,7 @@ def cmd_evaluate(a) -> None:
         print(latents.markdown_table(latents.evaluate_latents(names, n=a.n, seed=a.seed, out=a.out)))
         return
     res = evaluate.evaluate_models(names, n=a.n, seed=a.seed, out=Path(a.out) if a.out else None)
-    print(evaluate.markdown_table(res))  # the family's table (flow matching, tokens...)
+    print(evaluate.markdown_table(res))  # the table of the dataset's family
 
 
 def cmd_bench(a) -> None:

@@ -168,7 +168,7 @@ def build_zoo(assets: Path = ASSETS, runs: Path = RUNS, *, only: str | None = No
         run = runs / e.name
         t0 = time.time()
         cmd = f"pdmd-lab build-zoo --only {e.name}"
-        if e.kind == "teacher":  # the dataset's family trains it (flow matching, masked diffusion...)
+        if e.kind == "teacher":  # the dataset's family trains it
             family = get_family(e.args["data"])
             family.train_teacher(family.teacher_config(**e.args), run, command=cmd, progress=progress)
         elif e.kind == "classifier":
