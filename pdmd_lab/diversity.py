@@ -67,6 +67,7 @@ class DiversityConfig:
     teacher_steps: int = 50
     teacher_cfg: float = 5.0  # CFG of diffusers: teachers, standard form (1 = none)
     teacher_shift: float | None = None  # None: the pipeline scheduler's shift (1 if it has none)
+    teacher_guidance: float | None = None  # embedded guidance of guidance-distilled teachers (Flux-dev), not CFG
     latent_shape: list[int] = field(default_factory=list)  # empty: the first student's, else the teacher's default
     vae: str = ""  # pipeline folder whose vae/ decodes every row; empty: each model's own pipeline folder
     flow_threshold: float | None = None  # dynamic degree threshold, px/frame; None: 6 min(H, W) / 256
@@ -88,7 +89,7 @@ class DiversityConfig:
         if self.teacher_steps < 1:
             raise ValueError(f"--teacher-steps must be >= 1, got {self.teacher_steps}")
         for name, v in (("--teacher-cfg", self.teacher_cfg), ("--teacher-shift", self.teacher_shift),
-                        ("--flow-threshold", self.flow_threshold)):
+                        ("--teacher-guidance", self.teacher_guidance), ("--flow-threshold", self.flow_threshold)):
             if v is not None and (not math.isfinite(v) or v < 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {v}")
         if self.teacher_shift is not None and self.teacher_shift <= 0:
@@ -413,12 +414,15 @@ def load_backbone_rows(cfg: DiversityConfig):
     for spec in cfg.models:
         if spec.startswith("diffusers:"):
             path, at = _split_steps(spec.split(":", 1)[1])
-            net = load_backbone(path, table, latent_shape=shape, dtype=dtype, device=cfg.device)
+            net = load_backbone(path, table, latent_shape=shape, dtype=dtype, device=cfg.device,
+                                guidance=cfg.teacher_guidance)
             steps = at or cfg.teacher_steps
             shift = _scheduler_shift(path) if cfg.teacher_shift is None else cfg.teacher_shift
             sampler = TeacherSampler(net, steps=steps, cfg=cfg.teacher_cfg, shift=shift, dataset="prompts",
                                      shape=net.shape, meta={"name": spec})
             info = {"steps": steps, "cfg": cfg.teacher_cfg, "shift": shift, "base": path}
+            if cfg.teacher_guidance is not None:
+                info["guidance"] = cfg.teacher_guidance
             rows.append(Row(spec, sampler, "teacher", info, _vae_for(path, cfg, spec)))
         else:
             c = student_cfgs[spec]
@@ -795,6 +799,8 @@ def add_cli_arguments(s) -> None:
     s.add_argument("--teacher-cfg", type=float, default=5.0, help="CFG scale of diffusers: teachers (default 5)")
     s.add_argument("--teacher-shift", type=float, default=None, help="time shift of diffusers: teachers "
                    "(default: the pipeline scheduler's)")
+    s.add_argument("--teacher-guidance", type=float, default=None, help="embedded guidance of guidance-distilled "
+                   "diffusers: teachers (Flux-dev, e.g. 3.5); not CFG")
     s.add_argument("--latent-shape", default="", help="latent shape C,H,W or C,F,H,W (default: the first "
                    "student's, else the teacher's config)")
     s.add_argument("--vae", default="", help="pipeline folder whose vae/ decodes every model (default: each "
@@ -821,7 +827,8 @@ def config_from_cli(args: dict) -> DiversityConfig:
     return DiversityConfig(models=args["models"].split(","), prompts=args["prompts"], seeds=args["seeds"],
                            seed=args["seed"], features=args["features"], clip=args["clip"],
                            teacher_steps=args["teacher_steps"], teacher_cfg=args["teacher_cfg"],
-                           teacher_shift=args["teacher_shift"], latent_shape=shape, vae=args["vae"],
+                           teacher_shift=args["teacher_shift"], teacher_guidance=args["teacher_guidance"],
+                           latent_shape=shape, vae=args["vae"],
                            flow_threshold=args["flow_threshold"], batch_size=args["batch_size"],
                            max_sequence_length=args["max_sequence_length"], device=args["device"],
                            dtype=args["dtype"])

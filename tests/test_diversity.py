@@ -287,8 +287,9 @@ def test_motion_mix_flow_beside_exact_displacement(tmp_path, capsys):
     from pdmd_lab import motion, zoo
 
     out = tmp_path / "mm"
+    (tmp_path / "classes.txt").write_text("2\n")  # one direction keeps the test short
     code, stdout, err = run_cli(capsys, "diversity", "--models", "motion-mix/teacher@4,motion-mix/teacher@1",
-                                "--seeds", 3, "--quiet", "--out", out)
+                                "--prompts", tmp_path / "classes.txt", "--seeds", 3, "--quiet", "--out", out)
     assert code == 0, err
     res = json.loads((out / "diversity.json").read_text())
     ppu = res["frames"]["pixels_per_unit"]
@@ -301,3 +302,20 @@ def test_motion_mix_flow_beside_exact_displacement(tmp_path, capsys):
         assert row["pan_rel_error"] < 0.1  # a textured pan: Farneback within 10% of the exact displacement
         assert row["dot_interior"]["mean"] < row["dot_object"]["mean"]  # the still background dilutes it
     assert "Farneback, dot" in stdout and "exact" in stdout
+
+
+@pytest.mark.parametrize("kind,shape,extra", [("flux", "1,8,8", ["--teacher-guidance", 3.5]), ("qwen", "4,8,8", [])])
+def test_flux_and_qwen_teachers_decode(kind, shape, extra, features, tmp_path, capsys):
+    """The other image backbones: a teacher row decoded with its own VAE (Flux-dev's embedded guidance given)."""
+    save_tiny_pipeline(kind, tmp_path / "pipe", shift=1.0)
+    random_prompts(kind, 2).save(tmp_path / "prompts.safetensors")
+    args = ["diversity", "--models", f"diffusers:{tmp_path / 'pipe'}", "--prompts", tmp_path / "prompts.safetensors",
+            "--features", features / "dino", "--seeds", 2, "--teacher-steps", 2, "--teacher-cfg", 2,
+            "--latent-shape", shape, "--quiet"]
+    code, _, err = run_cli(capsys, *args, *extra, "--out", tmp_path / "div")
+    assert code == 0, err
+    res = json.loads((tmp_path / "div" / "diversity.json").read_text())
+    assert res["models"][f"diffusers:{tmp_path / 'pipe'}"]["shift"] == 1.0 and len(res["per_prompt"]) == 2
+    if kind == "flux":  # without its embedded guidance a guidance-distilled Flux is refused
+        code, _, err = run_cli(capsys, *args, "--out", tmp_path / "div2")
+        assert code == 2 and "guidance" in err

@@ -112,39 +112,54 @@ def tiny_tokenizer(words=TINY_WORDS):
 
 
 def tiny_vae(kind: str, seed: int = 0):
-    """A random VAE whose latents fit :data:`TINY_LATENTS`: SD3 ``AutoencoderKL`` (no downsampling, 4 latent
-    channels: 8x8 latents decode to 8x8 images); Wan ``AutoencoderKLWan`` (16 channels, 8x spatial and 4x
-    temporal upsampling: ``(16, 2, 4, 4)`` decodes to 5 frames of 32x32)."""
-    from diffusers import AutoencoderKL, AutoencoderKLWan
+    """A random VAE whose latents fit :data:`TINY_LATENTS`: SD3 / Flux ``AutoencoderKL`` (no downsampling, 4 / 1
+    latent channels: 8x8 latents decode to 8x8 images); Wan ``AutoencoderKLWan`` (16 channels, 8x spatial and
+    4x temporal upsampling: ``(16, 2, 4, 4)`` decodes to 5 frames of 32x32); Qwen-Image
+    ``AutoencoderKLQwenImage`` (4 channels, 8x spatial: ``(4, 8, 8)`` decodes to 64x64)."""
+    from diffusers import AutoencoderKL, AutoencoderKLQwenImage, AutoencoderKLWan
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if kind == "sd3":
+        if kind in ("sd3", "flux"):
             return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-                                 latent_channels=4, norm_num_groups=1, use_quant_conv=False,
+                                 latent_channels=4 if kind == "sd3" else 1, norm_num_groups=1, use_quant_conv=False,
                                  use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+        if kind == "qwen":
+            return AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                          temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
+                                          latents_std=[1.0] * 4)
         if kind == "wan":
             return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                     temperal_downsample=[False, True, True])
-    raise ValueError(f"no tiny VAE for {kind!r}; choose sd3 or wan")
+    raise ValueError(f"no tiny VAE for {kind!r}; choose one of: {', '.join(TINY)}")
 
 
 def save_tiny_pipeline(kind: str, folder, seed: int = 0, *, vae: bool = True, text_encoder: bool = False,
                        shift: float = 3.0) -> Path:
-    """Write a tiny stock pipeline folder (``StableDiffusion3Pipeline`` or ``WanPipeline``) with
-    ``save_pretrained``: the tiny transformer, a ``FlowMatchEulerDiscreteScheduler(shift)``, a tiny VAE
-    (``vae``) and, for Wan, a tiny UMT5 text encoder with a word-level tokenizer (``text_encoder``), so
-    prompts text files can be encoded. SD3 has no text encoders here: give it an embeddings file
-    (:func:`random_prompts`)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline, WanPipeline
+    """Write a tiny stock pipeline folder (``StableDiffusion3Pipeline``, ``FluxPipeline``, ``WanPipeline`` or
+    ``QwenImagePipeline``) with ``save_pretrained``: the tiny transformer, a
+    ``FlowMatchEulerDiscreteScheduler(shift)``, a tiny VAE (``vae``) and, for Wan, a tiny UMT5 text encoder
+    with a word-level tokenizer (``text_encoder``), so prompts text files can be encoded. The others have no
+    text encoders here: give them an embeddings file (:func:`random_prompts`)."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        QwenImagePipeline,
+        StableDiffusion3Pipeline,
+        WanPipeline,
+    )
 
     parts = {"transformer": tiny_model(kind, seed), "scheduler": FlowMatchEulerDiscreteScheduler(shift=shift),
              "vae": tiny_vae(kind, seed) if vae else None, "text_encoder": None, "tokenizer": None}
+    if text_encoder and kind != "wan":
+        raise ValueError(f"the tiny {kind} pipeline has no text encoders; use an embeddings file")
     if kind == "sd3":
-        if text_encoder:
-            raise ValueError("the tiny SD3 pipeline has no text encoders; use an embeddings file")
         pipe = StableDiffusion3Pipeline(**parts, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
                                         tokenizer_3=None)
+    elif kind == "flux":
+        pipe = FluxPipeline(**parts, text_encoder_2=None, tokenizer_2=None)
+    elif kind == "qwen":
+        pipe = QwenImagePipeline(**parts)
     elif kind == "wan":
         if text_encoder:
             from transformers import UMT5Config, UMT5EncoderModel
@@ -157,7 +172,7 @@ def save_tiny_pipeline(kind: str, folder, seed: int = 0, *, vae: bool = True, te
             parts["tokenizer"] = tiny_tokenizer()
         pipe = WanPipeline(**parts)
     else:
-        raise ValueError(f"no tiny pipeline for {kind!r}; choose sd3 or wan")
+        raise ValueError(f"no tiny pipeline for {kind!r}; choose one of: {', '.join(TINY)}")
     pipe.save_pretrained(str(folder))
     return Path(folder)
 
