@@ -172,7 +172,8 @@ def run_one(row: str, seed: int, out: str, n: int, overrides: dict | None = None
         run_dir = Path(out) / "runs" / row / f"seed{seed}-{config_hash(config)}"
         model = distill(cfg, run_dir, progress=False, command=f"pdmd-lab study (row {row}, seed {seed})")
         family = get_recipe(row)["teacher"].split(":", 1)[1]
-        train_s = time.time() - t0
+        # The run's own training time, resumed segments included (not this call's, which may only resume).
+        train_s = float(json.loads((run_dir / "config.json").read_text()).get("wall_time_s", time.time() - t0))
     family = model.dataset or family
     scores = get_family(family).study_scores(family, model, seed=seed, n=n)  # the dataset's family scores it
     if scores is None:

@@ -118,3 +118,16 @@ def test_shipped_studies_record_their_configs():
         assert all(r["config"] == study.resolved_config(r["row"], r["seed"]) for r in runs)
         old = [r for r in runs if r["row"].endswith("-paper")]
         assert old and all(r["config"]["weighting"] == "paper" for r in old)
+
+
+def test_student_row_records_its_config_run_folder_and_training_time(tmp_path):
+    out = tmp_path / "s"
+    args = ["study", "--rows", "study/ring-mix/dmd-1s", "--seeds", "0", "--n", "200", "--set", "iters=2",
+            "--set", "init_iters=5", "--set", "batch_size=32", "--set", "checkpoint_every=1", "--out", str(out)]
+    assert main(args) == 0
+    (run,) = study.read_runs(out)
+    overrides = {"iters": 2, "init_iters": 5, "batch_size": 32, "checkpoint_every": 1}
+    assert run["config"] == study.resolved_config("study/ring-mix/dmd-1s", 0, overrides)
+    assert run["config"]["weighting"] == "dmd2" and run["config"]["iters"] == 2
+    folder = out / "runs" / "study/ring-mix/dmd-1s" / f"seed0-{study.config_hash(run['config'])}"
+    assert run["train_s"] == round(json.loads((folder / "config.json").read_text())["wall_time_s"], 1)
