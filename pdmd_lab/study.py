@@ -5,7 +5,8 @@ One run = distil a student recipe with one seed (:func:`pdmd_lab.distill.distill
 Baseline rows ``teacher@K`` sample the teacher with K Euler steps (each seed draws other noise).
 Results go to ``runs.jsonl`` (one line per finished run, so a study resumes where it stopped),
 ``runs.csv``, ``summary.json`` / ``summary.md`` (mean and Student-t 95% confidence interval per
-metric and row) and ``summary.png`` (metric per row, with error bars).
+metric and row; where the family has a ``phased-dmd-4s4p`` row, every row minus it with a Welch 95%
+interval, :func:`difference_ci`) and ``summary.png`` (metric per row, with error bars).
 
 2D metrics (Gaussian-mixture families): energy distance to the teacher's samples, recall (PRDC,
 k = 5), mode KL against the teacher's mode histogram, ``teacher_modes_missed`` (class/mode cells
