@@ -136,8 +136,9 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
 
     A generator: the distilled students' panels come first, each as soon as it is sampled, then
     the few-step teachers, then the full teacher, whose caption counts the seconds while it runs
-    (its outputs are cached per (family, class, seed, n, CFG), so a repeated click shows it at once).
-    Every update holds 6 images, 6 captions and a summary; the last one holds them all. A caption
+    (every model's outputs are cached per (family, class, seed, n, CFG), so a repeated click shows them
+    at once, in one update). Every update holds 6 images, 6 captions and a summary; the last one holds
+    them all. A caption
     gives the title, NFE, the warm time and speedup over the full teacher, and the family's numbers
     that show collapse (modes covered and mode KL for mixtures, exact TV for token pairs), each with
     its direction and the full teacher's value beside it. A panel without a model (``key`` empty) is
@@ -187,7 +188,20 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
         for j, r in results.items():
             captions[j] = _caption(r, teacher_r, full)
 
-    yield (*[gr.update(value=None, visible=bool(key)) for key, _ in panels], *captions, summary)
+    # Updates stream once a panel has to be computed; a request served from the cache is sent once, at the
+    # end (each update costs the page an image encoding and a round trip). The page clears its panels
+    # itself when Generate is clicked (clear_panels).
+    stream, pending = False, set()
+
+    def step(i):
+        """The update after panel ``i`` when streaming (with the panels done before it), else nothing."""
+        pending.add(i)
+        if stream:
+            out = update(pending)
+            pending.clear()
+            return [out]
+        return []
+
     # Cached teacher panels first (instant), then the students (and data), then the teachers still to compute.
     ready = [i for i, (key, _) in enumerate(panels) if key.startswith("teacher")
              and _teacher_key(family, key, class_choice, seed, n, cfg) in common.TEACHER_CACHE]
@@ -199,19 +213,21 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
         model = z.sampler(family, key, cfg) if key != "data" else None
         entry = None
         if key == "data":  # reference draws: no network, so no time (loading a dataset is not sampling)
+            t0 = time.perf_counter()
             try:
                 x = data_samples(family, labels, seed)
             except Exception as e:  # e.g. a dataset that cannot be loaded here: an empty panel, not an error
                 images[i] = _empty_panel()
                 captions[i] = f"**{title}**: not available ({e})"
-                yield update([i])
+                yield from step(i)
                 continue
             results[i] = {"title": title, "nfe": None, "ms": None, "measures": _measures(family, x, labels),
                           "note": ""}
+            stream = stream or time.perf_counter() - t0 > 0.2
         elif model is None:
             images[i] = _empty_panel()
             captions[i] = f"**{title}**: not available (`{family}/{key}` is not built yet)"
-            yield update([i])
+            yield from step(i)
             continue
         elif key.startswith("teacher"):
             estimate = None
@@ -226,6 +242,10 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
             t0 = time.perf_counter()
             worker.start()
             worker.join(0.25)
+            if worker.is_alive() and not stream:  # a teacher to compute: show what is done, then its progress
+                stream = True
+                yield update(pending)
+                pending.clear()
             while worker.is_alive():
                 el = time.perf_counter() - t0
                 of = f" of about {estimate:.0f} s" if estimate else ""
@@ -244,6 +264,7 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
                 entry["measures"] = _measures(family, x, labels)
             results[i] = {"title": title, "nfe": entry["nfe"], "ms": entry["ms"], "measures": entry["measures"],
                           "note": " (cached: computed for an earlier request)" if cached else ""}
+            stream = stream or not cached
         else:  # a student: cheap, computed here (no progress needed) and cached like the teacher
             entry, cached = teacher_output(family, key, class_choice, seed, n, cfg)
             x = entry["x"]
@@ -251,6 +272,7 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
                 entry["measures"] = _measures(family, x, labels)
             results[i] = {"title": title, "nfe": entry["nfe"], "ms": entry["ms"], "measures": entry["measures"],
                           "note": " (cached)" if cached else ""}
+            stream = stream or not cached
         if entry is not None:  # the rendered panel is kept with the cached samples
             images[i] = entry.get("panel")
             if images[i] is None:
@@ -260,7 +282,7 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
         refresh()
         shown = {m[0] for r in results.values() for m in r["measures"]}
         summary = head + (f"  \n{measures_legend(family, shown)}." if shown else "")
-        yield update([i])
+        yield from step(i)
     yield (*images, *captions, summary)
 
 
