@@ -106,13 +106,14 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PDMD_APP_THREADS", "1")),
                         help="torch intra-op threads (default 1: the models are small, and requests run in parallel)")
     parser.add_argument("--no-warm-up", action="store_true",
-                        help="do not compute the default Compare view in the background at start")
+                        help="do not compute each family's default Compare view in the background at start")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     demo = build_app()
-    if not args.no_warm_up:  # the default view, cached while the page loads: the first click shows it at once
-        threading.Thread(target=compare.warm_up, args=(layout_context(get_zoo()).default_family,), daemon=True,
-                         name="warm-up").start()
+    if not args.no_warm_up:  # the default views, cached while the page loads (the page's family first)
+        first = layout_context(get_zoo()).default_family
+        order = [first] + [f for f in get_zoo().families if f != first] if first else []
+        threading.Thread(target=lambda: [compare.warm_up(f) for f in order], daemon=True, name="warm-up").start()
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, css=CSS)
 
 

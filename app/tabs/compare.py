@@ -296,9 +296,12 @@ def warm_up(family: str | None = None) -> float:
         return 0.0
     t0 = time.perf_counter()
     k = z.default_steps(family)
-    for _ in generate(family, "all", 0, _sample_limits(family)[1], z.models[family]["teacher"].cfg,
-                      None if k is None else str(k), progress=lambda *a, **kw: None):
-        pass
+    try:
+        for _ in generate(family, "all", 0, _sample_limits(family)[1], z.models[family]["teacher"].cfg,
+                          None if k is None else str(k), progress=lambda *a, **kw: None):
+            pass
+    except Exception:  # a family that fails here fails on the page too, with its message; the others go on
+        return float("nan")
     return time.perf_counter() - t0
 
 
