@@ -145,8 +145,8 @@ def test_generate_rejects_bad_values(client, args, message):
 
 
 def test_phases(client):
-    fig_p, fig_s, text = client.predict(8, 4, 3.0, api_name="/phases")
-    assert fig_p and fig_s and "phase boundaries" in text
+    fig_p, fig_s, text, fig_d = client.predict(8, 4, 3.0, api_name="/phases")
+    assert fig_p and fig_s and fig_d and "phase boundaries" in text
     with pytest.raises(Exception, match="divide"):
         client.predict(4, 3, 1.0, api_name="/phases")
 

@@ -11,6 +11,9 @@ import gradio as gr
 
 from app.common import SEED_MAX, _continuous_family, _float, _int, _labels, _noise, get_zoo
 from pdmd_lab import flow, viz
+from pdmd_lab.data import get_dataset
+
+INTUITION_DATASET = "ring-mix"  # a 2D mixture with an exact teacher: the denoiser figure of the Phases tab
 
 
 def phases(steps, num_phases, shift):
@@ -33,7 +36,11 @@ def phases(steps, num_phases, shift):
     fig_s = viz.snr_figure(ts, bounds, shifts=(shift,))
     text = ("step times t: " + ", ".join(f"{t:.3f}" for t in ts.tolist()) + "  \nphase boundaries: "
             + ", ".join(f"{b:.3f}" for b in bounds.tolist()) + f"  \n{steps // k} step(s) per phase")
-    return fig_p, fig_s, text
+    # Why one expert per subinterval: what the exact ring-mix teacher predicts along t, coloured by phase.
+    fig_d = viz.denoiser_figure(get_dataset(INTUITION_DATASET).gmm, boundaries=bounds, n=200,
+                                title=f"{INTUITION_DATASET}: the exact teacher's prediction of clean data along t, "
+                                      f"coloured by the phase (expert) that owns t")
+    return fig_p, fig_s, text, fig_d
 
 
 ANIMATION_DIR = Path(tempfile.gettempdir()) / "pdmd_lab_app"
@@ -90,13 +97,18 @@ def build(ctx) -> None:
             p_shift = gr.Number(1.0, label="time shift")
             p_btn = gr.Button("Show phases", variant="primary")
         # Drawn at load for the default settings; no label badges over the figures' own titles.
-        fig_p, fig_s, text = phases(4, 4, 1.0)
+        fig_p, fig_s, text, fig_d = phases(4, 4, 1.0)
         gr.Markdown("**Phases on the log-SNR axis**")
         p_fig = gr.Plot(fig_p, show_label=False, elem_id="phases-fig")
         gr.Markdown("**SNR and log-SNR**")
         s_fig = gr.Plot(fig_s, show_label=False, elem_id="snr-fig")
         p_text = gr.Markdown(text, elem_id="phases-text")
-        p_btn.click(phases, [p_steps, p_phases, p_shift], [p_fig, s_fig, p_text], api_name="phases",
+        gr.Markdown("**Why one expert per subinterval.** At high noise (t near 1) the exact teacher can only "
+                    "predict the data's mean (the white star); at low noise it pulls each point to a mode. The "
+                    "velocity field an expert must learn changes in kind along t: each phase's expert learns "
+                    "one regime (predictions and frames in its phase's colour).")
+        d_fig = gr.Plot(fig_d, show_label=False, elem_id="denoiser-fig")
+        p_btn.click(phases, [p_steps, p_phases, p_shift], [p_fig, s_fig, p_text, d_fig], api_name="phases",
                     show_progress="hidden")  # instant; an error is a message, not a box left over the plots
         gr.Markdown("### Trajectories: a student vs the teacher cut to 4 steps (same noise), and an animation\n"
                     "The animation moves the student's samples from noise to data step by step, each step in the "
