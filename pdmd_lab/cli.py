@@ -469,8 +469,10 @@ def main(argv=None) -> int:
     except RuntimeError as e:  # e.g. a non-finite loss: training stopped, last checkpoint intact
         print(f"pdmd-lab {a.command}: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"pdmd-lab {a.command}: interrupted; the last checkpoint is intact", file=sys.stderr)
+    except KeyboardInterrupt:  # a checkpoint is named only if there is one
+        state = Path(str(getattr(a, "out", "") or "")) / "train_state"
+        where = f"; the last checkpoint in {a.out} is intact" if getattr(a, "out", None) and state.is_dir() else ""
+        print(f"pdmd-lab {a.command}: interrupted{where}", file=sys.stderr)
         return 130
     return 0
 

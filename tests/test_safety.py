@@ -437,3 +437,16 @@ def test_a_run_stopped_before_its_first_checkpoint_can_be_replaced(tmp_path, cap
     assert safety.foreign_entries(out) == [] and (out / "log.jsonl").is_file()
     safety.clear_kit_folder(out)
     assert list(out.iterdir()) == []
+
+
+def test_an_interrupt_names_a_checkpoint_only_if_there_is_one(world, tmp_path, monkeypatch, capsys):
+    import pdmd_lab.cli as cli
+
+    def interrupted(a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_distill", interrupted)
+    code, _, err = run_cli(capsys, [*D, "--out", tmp_path / "new"])
+    assert code == 130 and err.strip() == "pdmd-lab distill: interrupted"
+    code, _, err = run_cli(capsys, ["distill", "--resume", "--out", world["root"] / "run"])
+    assert code == 130 and "the last checkpoint in" in err
