@@ -39,7 +39,7 @@ def _builder():
 def test_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
     for stem in ("01_flow_matching_and_snr", "02_score_matching_within_subintervals", "03_mode_collapse_2d",
-                 "04_phased_dmd_on_mnist", "05_diversity_embeddings"):
+                 "04_phased_dmd_on_mnist", "05_diversity_embeddings", "06_masked_diffusion_and_dmmd", "07_motion"):
         assert f"{stem}.ipynb" in names
 
 
@@ -66,7 +66,7 @@ def test_every_interactive_control_has_a_static_default_first():
                 controls += 1
                 fn = src.split("interact(", 1)[1].split(",", 1)[0].strip()
                 assert f"\n{fn}()" in src.split("interact(", 1)[0], f"{name}: {fn} has no static default call"
-    assert controls >= 5
+    assert controls >= 7
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
