@@ -168,3 +168,15 @@ def test_a_teacher_without_a_recipe_gets_its_familys_sizes(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 2 and "does not apply" in err and "sizes from recipe ring-mix-tokens/" in out
     assert not (tmp_path / "m").exists() and not (tmp_path / "t").exists()
+
+
+def test_teacher_resume_refuses_other_settings_and_restart_replaces_only_its_run(tmp_path, capsys):
+    out = tmp_path / "t"
+    args = ["train-teacher", "--data", "ring-mix", "--iters", "2", "--batch-size", "16", "--out", out]
+    assert cli(capsys, *args)[0] == 0
+    before = (out / "model.safetensors").read_bytes()
+    code, err = cli(capsys, *args, "--seed", "1", "--iters", "4")
+    assert code == 2 and "seed=0, not 1" in err and (out / "model.safetensors").read_bytes() == before
+    code, err = cli(capsys, *args, "--seed", "1", "--restart")  # the kit's own run: started again
+    assert code == 0, err
+    assert io.read_config(out)["seed"] == 1 and iters_logged(out) == [2]
