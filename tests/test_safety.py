@@ -450,3 +450,19 @@ def test_an_interrupt_names_a_checkpoint_only_if_there_is_one(world, tmp_path, m
     assert code == 130 and err.strip() == "pdmd-lab distill: interrupted"
     code, _, err = run_cli(capsys, ["distill", "--resume", "--out", world["root"] / "run"])
     assert code == 130 and "the last checkpoint in" in err
+
+
+def test_resume_compares_a_diffusers_teacher_path_normalised(world, tmp_path, monkeypatch, capsys):
+    root = world["root"]
+    shutil.copytree(root / "lora", tmp_path / "lora")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PDMD_CACHE", str(world["cache"]))
+    assert json.loads((tmp_path / "lora" / "train_state" / "config.json").read_text())["config"]["teacher"] == \
+        "diffusers:tiny-sd3"
+    absolute = f"diffusers:{root / 'tiny-sd3'}"
+    argv = ["distill", "--resume", "--teacher", absolute, "--iters", "2", "--out", tmp_path / "lora"]
+    code, _, err = run_cli(capsys, argv)
+    assert code == 0, err
+    assert io.read_config(tmp_path / "lora")["iters"] == 2
+    code, _, err = run_cli(capsys, ["distill", "--resume", "--lora-rank", "4", "--out", tmp_path / "lora"])
+    assert code == 2 and "net.lora_rank=2, not 4" in err
