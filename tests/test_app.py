@@ -165,6 +165,11 @@ def test_diversity(client):
     assert fig and "phased-dmd-4s4p" in table and "Vendi" in table
     with pytest.raises(Exception, match="samples per method"):
         client.predict("ring-mix", ["dmd-1s"], 10_000, "pca", 0, False, api_name="/diversity")
+    _, full = client.predict("ring-mix", ["dmd-1s", "phased-dmd-4s4p"], 40, "pca", 0, True, api_name="/diversity")
+    assert "**Full evaluation**" in full and "| mode KL |" in full  # the points family's metrics
+    assert "| teacher, 50 steps (reference) |" in full and "| phased-dmd-4s4p |" in full
+    with pytest.raises(Exception, match="samples per method must be at least"):
+        client.predict("ring-mix", ["dmd-1s"], 4, "pca", 0, True, api_name="/diversity")
 
 
 def test_class_view(client):

@@ -14,24 +14,17 @@ from app.common import (
     MAX_CLASS_N,
     MAX_DIVERSITY_N,
     SEED_MAX,
-    TEACHER_STEPS,
     _continuous_family,
     _int,
     _noise,
+    family_of,
     get_zoo,
 )
 from app.tabs.compare import teacher_output
 from app.tabs.phases import _class_update
 from pdmd_lab import metrics, viz
-
-
-def _has_evaluate() -> bool:
-    try:
-        import pdmd_lab.evaluate as ev
-
-        return hasattr(ev, "evaluate_models") and hasattr(ev, "markdown_table")
-    except ImportError:
-        return False
+from pdmd_lab.families import Family
+from pdmd_lab.families.continuous import PRDC_K
 
 
 def diversity(family: str, methods, n_per_method, projection, seed=0, full_metrics=False,
@@ -52,8 +45,13 @@ def diversity(family: str, methods, n_per_method, projection, seed=0, full_metri
     labels = torch.arange(n) % teacher.num_classes
     noise = _noise(seed, n, teacher.shape)
     clf = z.classifiers.get(family)
-    feats, names, rows, skipped = [], [], [], []
-    for key in methods:
+    if full_metrics and n < max(2 * teacher.num_classes, PRDC_K + 1):
+        raise gr.Error(f"samples per method must be at least {max(2 * teacher.num_classes, PRDC_K + 1)} for the "
+                       f"full evaluation (two per class, {PRDC_K + 1} for PRDC), got {n}.")
+    feats, names, rows, skipped, samples = [], [], [], [], {}
+    steps = len(methods) + (2 if full_metrics else 0)
+    for j, key in enumerate(methods):
+        progress(j / steps, desc=f"sampling {key}")
         model = z.sampler(family, key)
         if model is None:
             skipped.append(key)
@@ -66,6 +64,7 @@ def diversity(family: str, methods, n_per_method, projection, seed=0, full_metri
             x = model.sample(labels, seed=seed, noise=noise)
             ms = 1000 * (time.perf_counter() - t0)
         f = embed(clf, x) if clf is not None or x.ndim == 2 else x.reshape(len(x), -1)
+        samples[key] = x
         feats.append(f)
         names += [key] * n
         per = {c: f[labels == c] for c in range(teacher.num_classes) if int((labels == c).sum()) >= 2}
@@ -89,17 +88,20 @@ def diversity(family: str, methods, n_per_method, projection, seed=0, full_metri
     lines += [f"| {k} | {nfe} | {ms:.0f} | {d:.3g} | {c:.3g} | {v:.3g} |" for k, nfe, ms, d, c, v in rows]
     if skipped:
         lines.append(f"\nSkipped (not built yet): {', '.join(skipped)}")
-    if full_metrics and _has_evaluate():
-        from pdmd_lab.evaluate import evaluate_models, markdown_table
-
-        names_full = [f"{family}/{k}" if not k.startswith("teacher") else f"{family}/teacher@{TEACHER_STEPS}"
-                      for k in methods if k not in skipped]
-        progress(0, desc="full evaluation")  # then evaluate's own progress bars, shown here
-        result = evaluate_models(names_full, max(n, 20), seed=seed, progress=True)
-        lines += ["", "**Full evaluation** (`pdmd_lab.evaluate`, reference: 50-step teacher)", "",
-                  markdown_table(result),
-                  f"FD and PRDC from n = {max(n, 20)} samples per model rank models only roughly (FD is biased "
-                  "upward at small n); the README's tables use thousands."]
+    if full_metrics:  # the family scores the samples drawn above against the 50-step teacher's (cached)
+        fam = family_of(family)
+        progress(len(methods) / steps, desc="full evaluation: the 50-step teacher's samples (the reference; "
+                                             "cached for the next click)")
+        ref, _ = teacher_output(family, "teacher", "all", seed, n, teacher.cfg)
+        reference = f"teacher, {z.full_steps(family)} steps (reference)"
+        progress((len(methods) + 1) / steps, desc="full evaluation: scoring")
+        scores = fam.score(family, {reference: ref["x"], **samples}, labels, reference, classifier=clf)
+        lines += ["", f"**Full evaluation** (`{fam.name}` family's scores, reference: the {z.full_steps(family)}-step "
+                  "teacher from the same noise, so its own row is exact)", "",
+                  Family.markdown_table(fam, {"rows": scores}),
+                  f"FD and PRDC from n = {n} samples per model rank models only roughly (FD is biased upward at "
+                  "small n); `pdmd-lab evaluate` and the README's tables use thousands, with the reference drawn "
+                  "from other noise."]
     return fig, "\n".join(lines)
 
 
@@ -201,8 +203,7 @@ def build(ctx) -> None:
             d_n = gr.Number(100, label=f"samples per method (2..{MAX_DIVERSITY_N})", precision=None)
             d_proj = gr.Radio(["pca", "tsne"], value="pca", label="projection")
             d_seed = gr.Number(0, label="seed", precision=None)
-            d_full = gr.Checkbox(False, label="full evaluation (pdmd_lab.evaluate, slower)",
-                                 visible=_has_evaluate())
+            d_full = gr.Checkbox(False, label="full evaluation (FD, PRDC, diversity vs the 50-step teacher)")
             d_btn = gr.Button("Embed", variant="primary")
         d_fig = gr.Plot(show_label=False, elem_id="diversity-fig")
         d_table = gr.Markdown(elem_id="diversity-table", elem_classes=["nowrap-table"])
