@@ -50,7 +50,10 @@ def cmd_sample(a) -> None:
     if a.label is not None and not 0 <= a.label < model.num_classes:
         raise ValueError(f"--label must be in [0, {model.num_classes - 1}], got {a.label}")
     labels = torch.arange(a.n) % model.num_classes if a.label is None else torch.full((a.n,), a.label)
-    x = model.sample(labels, seed=a.seed)
+    from pdmd_lab.progress import heartbeat
+
+    with heartbeat(f"sampling {a.model}"):  # a teacher at 50 steps, or a video backbone, takes a while
+        x = model.sample(labels, seed=a.seed)
     if tensors:
         io.save_weights_file(safety.make_parent(a.out), {"samples": x, "labels": labels})
         print(f"wrote {a.out} (samples {tuple(x.shape)}, labels)")
