@@ -220,9 +220,9 @@ class Zoo:
         return list(out.values())
 
     def panels(self, family: str, steps: int | None = None) -> tuple:
-        """The six Compare panels ``(key, title)`` of ``family`` (see ``FAMILY_PANELS``); discrete
-        families at ``steps`` (default :meth:`default_steps`): the teacher at full, ``k`` and ``4k`` steps,
-        the ``k``-step D-MMD student with and without its noise input, and data."""
+        """The six Compare panels ``(key, title)`` of ``family`` (see ``FAMILY_PANELS``); datasets laid out
+        by step count (:meth:`step_choices`) at ``steps`` (default :meth:`default_steps`): the teacher at
+        full, ``k`` and ``4k`` steps, the ``k``-step students with and without their noise input, and data."""
         if family in FAMILY_PANELS:
             return tuple(FAMILY_PANELS[family])[:6]
         models = self.family(family)  # noqa: F841  (unknown datasets raise here)
@@ -379,7 +379,8 @@ def _data_title(family: str) -> str:
 
 
 def data_samples(family: str, labels: torch.Tensor, seed: int) -> torch.Tensor:
-    """Data of the labels' classes (exact draws for the toy), seeded: the reference panel of discrete families."""
+    """Data of the labels' classes (exact draws where the dataset has them), seeded: the reference panel of
+    datasets laid out by step count."""
     ds = get_dataset(family)
     g = torch.Generator().manual_seed(int(seed))
     out = None

@@ -1,10 +1,11 @@
 """Compare: the teacher at 50 and 4 steps and every distilled student side by side, same noise.
 
 Its panels stream in as each is ready (the distilled students first, the full teacher last, with a
-progress indicator); the teacher's outputs are cached per (family, class, seed, number of samples, CFG),
-so a repeated click only re-runs the students. Discrete families (masked diffusion) get a D-MMD step
-choice ``k``: the teacher at its full step count and at ``k`` and ``4k`` steps, the ``k``-step D-MMD student
-with and without its noise input, and data.
+progress indicator); every model's outputs are cached per (family, class, seed, number of samples,
+CFG), so a repeated click only draws. Each panel is drawn and measured by the dataset's family. Datasets
+whose students are not the fixed methods' (D-MMD's, for masked diffusion) get a step choice ``k``: the
+teacher at its full step count and at ``k`` and ``4k`` steps, the ``k``-step students with and without
+their noise input, and data.
 """
 
 from __future__ import annotations
@@ -130,9 +131,9 @@ def _steps_choice(z: Zoo, family: str, steps) -> int | None:
 def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, progress=gr.Progress()):
     """Six panels from the same noise: teacher (50 steps), teacher (4 steps), DMD, DMD2-SGTS, Phased DMD, DP-DMD.
 
-    Discrete families (``steps`` = the D-MMD step count ``k``, default :meth:`Zoo.default_steps`): the
-    teacher at 100, ``k`` and ``4k`` steps, the ``k``-step D-MMD student with and without its noise input,
-    and data, all from the all-masked state with the same seed.
+    Datasets laid out by step count (``steps`` = ``k``, default :meth:`Zoo.default_steps`; D-MMD's): the
+    teacher at its full step count (100 for masked diffusion), ``k`` and ``4k`` steps, the ``k``-step students
+    with and without their noise input, and data, all from the same initial state (same seed).
 
     A generator: the distilled students' panels come first, each as soon as it is sampled, then
     the few-step teachers, then the full teacher, whose caption counts the seconds while it runs
