@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -32,6 +33,9 @@ KIT_KINDS = {"teacher", "student", "classifier", "masked-teacher", "lora-student
 # and what evaluate / figures / bench write next to a model.
 _KIT_FILES = ("config.json", "log.jsonl", "train_state", "metrics.json", "metrics.md")
 _KIT_SUFFIXES = (".safetensors",)
+# The weights files the kit names: experts (LoRA adapters of a second transformer too), a model, a train state,
+# a prompt table, sampled latents. A .safetensors file of another name is not the kit's.
+_KIT_WEIGHTS = re.compile(r"(expert_\d+(_transformer_2)?|model|state|prompt_embeds|latents)\.safetensors")
 
 # What each folder the kit writes is called, for messages.
 _DESCRIBE = {"teacher": "a teacher", "student": "a distilled student", "classifier": "a classifier",
@@ -61,7 +65,7 @@ def _is_kit_entry(p: Path) -> bool:
         return True
     if p.name == "train_state":
         return p.is_dir() and kit_kind(p) is not None
-    return p.is_file() and (p.name in _KIT_FILES or p.suffix in _KIT_SUFFIXES)
+    return p.is_file() and (p.name in _KIT_FILES or _KIT_WEIGHTS.fullmatch(p.name) is not None)
 
 
 def foreign_entries(path) -> list[str]:

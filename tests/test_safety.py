@@ -466,3 +466,13 @@ def test_resume_compares_a_diffusers_teacher_path_normalised(world, tmp_path, mo
     assert io.read_config(tmp_path / "lora")["iters"] == 2
     code, _, err = run_cli(capsys, ["distill", "--resume", "--lora-rank", "4", "--out", tmp_path / "lora"])
     assert code == 2 and "net.lora_rank=2, not 4" in err
+
+
+def test_overwrite_keeps_its_hands_off_a_users_file_inside_a_run(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(world["root"] / "run", run)
+    (run / "my_weights.safetensors").write_bytes(b"the user's")
+    code, _, err = run_cli(capsys, [*D, "--overwrite", "--out", run])
+    assert code == 2 and "did not write (my_weights.safetensors)" in err
+    assert (run / "my_weights.safetensors").read_bytes() == b"the user's" and (run / "train_state").is_dir()
+    assert safety.foreign_entries(world["root"] / "lora") == []  # every file of a LoRA run is the kit's
