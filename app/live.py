@@ -368,8 +368,9 @@ def collapse_lab(method_a, method_b, cfg, iters, progress=gr.Progress()):
         if name not in latest:
             return None
         rec, x = latest[name]
-        fig = viz.scatter_figure({f"{name}: update {rec['iter']}/{totals[name]}": (x, labels)}, ds.gmm,
-                                 title=f"coverage {rec['coverage']:.2f} · KL {rec['kl']:.3f}")
+        fig = viz.scatter_figure({name: (x, labels)}, ds.gmm,  # the method's name fits the panel's width
+                                 title=f"update {rec['iter']}/{totals[name]} · coverage {rec['coverage']:.2f} · "
+                                       f"KL {rec['kl']:.3f}")
         fig.axes[0].title.set_color(lab_colors(specs)[name])  # the method's colour in the curves
         fig.axes[0].title.set_fontweight("bold")
         return fig

@@ -60,13 +60,13 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def url():
     from app import live
-    from app.app import build_app
+    from app.app import CSS, build_app
 
     init = live.DISTILL_INIT_ITERS
     live.DISTILL_INIT_ITERS = 30  # a rough starting net is enough to watch the lab run
     demo = build_app()
     demo.queue(default_concurrency_limit=4).launch(prevent_thread_lock=True, server_name="127.0.0.1",
-                                                   server_port=free_port(), quiet=True)
+                                                   server_port=free_port(), quiet=True, css=CSS)
     try:
         yield demo.local_url
     finally:

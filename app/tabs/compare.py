@@ -373,7 +373,7 @@ def build(ctx) -> None:
             cfg = gr.Number(default_cfg, label="teacher CFG (0..10)", elem_id="cfg-num")
         btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
         gr.Markdown("Panels appear as each model finishes: the distilled students first (well under a second), "
-                    "the full teacher last. The teacher's samples are cached per family, class, seed, number "
+                    "the full teacher last. Every model's samples are cached per family, class, seed, number "
                     "and CFG: clicking again shows them at once. Under each panel: the numbers that show "
                     "collapse for this family, with their direction and the full teacher's value beside."
                     + (f"  \nCompare only ({', '.join(compare_only)}): for masked diffusion, the D-MMD "

@@ -130,14 +130,9 @@ def build(ctx) -> None:
                 gr.Markdown("**The teacher cut to 4 steps**")
                 t_fig_t = gr.Plot(show_label=False, elem_id="trajectory-teacher")
         gr.Markdown("**The student's trajectory, animated** (noise → data, coloured by expert)")
-        with gr.Row():
-            with gr.Column(scale=1, min_width=0):
-                pass
-            with gr.Column(scale=2):  # a GIF of a few hundred pixels: centred, not stretched over the page
-                t_anim = gr.Image(show_label=False, type="filepath", format="gif", interactive=False,
-                                  height=420, elem_id="trajectory-anim")
-            with gr.Column(scale=1, min_width=0):
-                pass
+        # The GIF (one row of samples) over the page's width: large enough to follow each sample.
+        t_anim = gr.Image(show_label=False, buttons=["download"], type="filepath", format="gif", interactive=False,
+                          elem_id="trajectory-anim")
         t_family.input(_class_update, [t_family], [t_class])
         t_btn.click(trajectory, [t_family, t_student, t_class, t_seed, t_n], [t_fig_s, t_fig_t, t_anim],
                     api_name="trajectory", show_progress_on=[t_anim])
