@@ -135,6 +135,23 @@ class TrajectoriesFamily(Family):
                     "still_mass_at_t": [along["t"][i], along["still"][i]]}
         return out
 
+    def mass_along_sampling(self, models: dict, dataset="motion-mix", *, n: int = 2000, seed: int = 0) -> dict:
+        """Per model (``{name: Sampler}``), the exact posterior mass on each motion type after every step of its
+        own sampling (:func:`pdmd_lab.motion.type_mass_along_sampling`) and its jitter and speed ratios: at which
+        step a student's motion departs from the teacher's."""
+        name = self.dataset(dataset).name
+        mix = self.dataset(name).gmm
+        labels = torch.arange(n) % self.num_classes(name)
+        ref = self.teacher_sampler(f"oracle:{name}", steps=50).sample(labels, seed=10_000)
+        out = {}
+        for row, model in models.items():
+            r = motion.type_mass_along_sampling(mix, model, labels, seed=seed)
+            speed, jitter = motion.fitted_motion(model.sample(labels, seed=seed))
+            ref_speed, ref_jitter = motion.fitted_motion(ref)
+            out[row] = {**r, "speed_ratio": float(speed.mean() / ref_speed.mean()),
+                        "jitter_ratio": float(jitter.mean() / ref_jitter.mean())}
+        return out
+
     # Metrics -----------------------------------------------------------------------------------------
 
     def compare_metrics(self, dataset, x, labels, *, classifier=None) -> dict:
