@@ -325,3 +325,41 @@ def study_scores(dataset, model, *, seed: int, n: int) -> dict:
     x = sample_unconditional(model, n, seed)
     s = score_against_reference(x, load_mnist_classifier(), load_reference(REFERENCE_PATH))
     return {k: s[k] for k in (*STUDY_METRICS, "digits_missed", "histogram")}
+
+
+def report(measure_dir, out, models: dict, *, n: int = 2000, seed: int = 0) -> dict:
+    """The mnist-uncond results folder ``out``: the teacher's reference condensed from ``measure_dir``
+    (:func:`save_reference`), ``teacher_histogram.json``, each model of ``models`` (``{name: Sampler}``)
+    scored on ``n`` samples (``scores.json``), the digit histograms against the teacher's
+    (``histograms.png``) and the samples sorted by predicted digit (``sorted_<name>.png``, the teacher's
+    from its measurement)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = save_reference(measure_dir, out / "teacher_reference.safetensors")
+    ref = load_reference(out / "teacher_reference.safetensors")
+    counts = ref["counts"].numpy()
+    teacher = {"n": info["n"], "steps": 50, "cfg": 1.0, "counts": counts.tolist(),
+               "shares": [round(float(c) / info["n"], 5) for c in counts],
+               "standard_error": [round(float(np.sqrt(c / info["n"] * (1 - c / info["n"]) / info["n"])), 5)
+                                  for c in counts]}
+    (out / "teacher_histogram.json").write_text(json.dumps(teacher, indent=1) + "\n")
+    classifier = load_mnist_classifier()
+    chunks = sorted(Path(measure_dir, "chunks").glob("*.pt"), key=lambda f: int(f.stem))
+    first = torch.load(chunks[0])
+    sorted_samples_figure(first["images"], first["pred"], title=f"mnist-uncond teacher, 50 steps: "
+                          f"{len(first['pred'])} samples sorted by predicted digit").savefig(
+        out / "sorted_teacher@50.png", dpi=110)
+    scores, hists = {}, {}
+    for name, model in models.items():
+        x = sample_unconditional(model, n, seed)
+        pred = classifier.predict(x)
+        scores[name] = score_against_reference(x, classifier, ref)
+        hists[name] = digit_counts(pred)
+        sorted_samples_figure(x, pred, title=f"{name}: {n} samples sorted by predicted digit").savefig(
+            out / f"sorted_{name.replace('/', '_')}.png", dpi=110)
+    if hists:
+        histogram_figure(counts, hists, title=f"digit histograms against the 50-step teacher's ({info['n']} "
+                         f"samples)").savefig(out / "histograms.png", dpi=110)
+    (out / "scores.json").write_text(json.dumps({"n": n, "seed": seed, "smoothing": SMOOTHING,
+                                                 "cover_share": COVER_SHARE, "rows": scores}, indent=1) + "\n")
+    return {"teacher": teacher, "rows": scores}
