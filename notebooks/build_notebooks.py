@@ -1341,9 +1341,9 @@ assert (teacher_rows["teacher 50 steps, CFG 1"]["still_share"] > teacher_rows["t
     ("md", """**Reading the table.** Guidance alone moves the motion: from CFG 1 to 1.5 to 3 the share of still clips
 falls and the dynamic degree and mean flow rise, because the still mode is shared by every class and CFG
 suppresses shared modes. Fewer steps move it too, without any distillation: the 4-step teacher (same oracle, same
-CFG) nearly loses the still clips, so its dynamic degree rises above the 50-step teacher's while its motion-mode KL
-grows. On this toy, few-step errors make clips move *more* than the reference, not less, a reminder that a dynamic
-degree is only good when it matches the teacher's."""),
+CFG) nearly loses the still clips, so its dynamic degree rises above the 50-step teacher's and its motion-mode KL
+grows, while its mean flow is a little lower (compare the two rows above: its moving clips move more slowly). The
+two motion numbers can move in opposite directions, and each is only good when it matches the teacher's."""),
     ("md", """## The distilled students
 
 Students of the motion-mix recipes (`pdmd_lab.recipes`: DMD 1 step, DMD2-SGTS, DP-DMD and Phased DMD 4s/4p, each
