@@ -103,6 +103,13 @@ def test_measure_resumes_splits_and_scores(tiny_teachers, tmp_path):
     assert info["n"] == 6 and info["counts"] == first["counts"]
     s = uncond.score_against_reference(x, uncond.load_mnist_classifier(), uncond.load_reference(tmp_path / "ref.safetensors"))
     assert s["digit_kl"] == 0.0 and s["digits_covered"] == 10 and s["frechet_distance"] < 1e-3
+    r = uncond.report(out, tmp_path / "res", {"tiny/teacher@2": model}, n=6)
+    want = uncond.score_against_reference(uncond.sample_unconditional(model, 6, 0), uncond.load_mnist_classifier(),
+                                          uncond.load_reference(tmp_path / "res" / "teacher_reference.safetensors"))
+    assert r["teacher"]["n"] == 6 and r["rows"]["tiny/teacher@2"]["digit_kl"] == want["digit_kl"]
+    assert {f.name for f in (tmp_path / "res").iterdir()} >= {"teacher_reference.safetensors", "teacher_histogram.json",
+                                                             "scores.json", "histograms.png", "sorted_teacher@50.png",
+                                                             "sorted_tiny_teacher@2.png"}
 
 
 def test_figures():
