@@ -76,10 +76,10 @@ def layout_context(z: Zoo) -> SimpleNamespace:
     return SimpleNamespace(**{k: v for k, v in locals().items() if k != "z"}, z=z)
 
 
-# Page styles (Gradio takes them at launch): table headers never break inside a word ("NF E"); a wide
+# Page styles (Gradio takes them at launch): table headers and cells never break inside a word ("NF E"); a wide
 # table scrolls instead.
 CSS = """
-.nowrap-table th { white-space: nowrap; }
+.nowrap-table th, .nowrap-table td { white-space: nowrap; }
 .nowrap-table table { display: block; overflow-x: auto; }
 """
 
