@@ -13,14 +13,15 @@ from pdmd_lab.data import DATASETS, GaussianMixture, ImageData, diffuse, get_dat
 TOY = ["ring-mix", "grid25", "grid-mix", "moons", "swiss-roll", "checkerboard"]
 IMAGES = ["digits", "mnist"]
 TOKENS = ["ring-mix-tokens", "mnist-binary"]
+COUNTING = ["mnist-uncond", "motion-mix"]  # the counting benchmarks (pdmd_lab.uncond, pdmd_lab.motion)
 
 
 def test_registry_names():
-    assert list(DATASETS) == TOY + IMAGES + TOKENS
+    assert list(DATASETS) == TOY + IMAGES + TOKENS + COUNTING
     for name, ds in DATASETS.items():
         assert ds.name == name and get_dataset(name) is ds
-        assert ds.kind in ("2d", "image", "tokens") and ds.num_classes >= 1
-        assert (ds.gmm is not None) == (name in ("ring-mix", "grid25", "grid-mix"))
+        assert ds.kind in ("2d", "image", "tokens", "trajectories") and ds.num_classes >= 1
+        assert (ds.gmm is not None) == (name in ("ring-mix", "grid25", "grid-mix", "motion-mix"))
 
 
 def test_unknown_dataset():
@@ -28,7 +29,7 @@ def test_unknown_dataset():
         get_dataset("nosuch")
 
 
-@pytest.mark.parametrize("name", TOY + ["digits"])
+@pytest.mark.parametrize("name", TOY + ["digits", "motion-mix"])
 def test_seeded_sampling_reproducible(name):
     ds = get_dataset(name)
     x1, y1 = ds.sample(300, seed=3)
