@@ -215,15 +215,19 @@ def generate(family: str, class_choice, seed, num_samples, cfg, steps=None, prog
         entry = None
         if key == "data":  # reference draws: no network, so no time (loading a dataset is not sampling)
             t0 = time.perf_counter()
-            try:
-                x = data_samples(family, labels, seed)
+            try:  # seeded draws: cached like the models' outputs
+                entry, cached = common.TEACHER_CACHE.get_or_compute(
+                    _teacher_key(family, key, class_choice, seed, n, cfg),
+                    lambda: {"x": data_samples(family, labels, seed)})
             except Exception as e:  # e.g. a dataset that cannot be loaded here: an empty panel, not an error
                 images[i] = _empty_panel()
                 captions[i] = f"**{title}**: not available ({e})"
                 yield from step(i)
                 continue
-            results[i] = {"title": title, "nfe": None, "ms": None, "measures": _measures(family, x, labels),
-                          "note": ""}
+            x = entry["x"]
+            if "measures" not in entry:
+                entry["measures"] = _measures(family, x, labels)
+            results[i] = {"title": title, "nfe": None, "ms": None, "measures": entry["measures"], "note": ""}
             stream = stream or time.perf_counter() - t0 > 0.2
         elif model is None:
             images[i] = _empty_panel()
