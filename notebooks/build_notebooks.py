@@ -526,7 +526,8 @@ runs = {"DMD 1-step": dict(method="dmd", steps=1),
         "DMD2-SGTS 4-step": dict(method="dmd2-sgts", steps=4),
         "Phased DMD 4s/4p": dict(method="phased-dmd", steps=4, phases=4)}
 t0 = time.perf_counter()
-trained = distill_all({name: DistillConfig.from_flat(**common, **spec) for name, spec in runs.items()})
+configs = {name: DistillConfig.from_flat(**common, **spec) for name, spec in runs.items()}
+trained = distill_all(configs, processes=1 if FAST else None)  # the tests' 20-iteration runs: no worker start-up
 students = {name: student for name, (student, _) in trained.items()}
 for name, (student, seconds) in trained.items():
     print(f"{name}: {student.describe()}, trained in {seconds:.0f} s")

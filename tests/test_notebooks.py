@@ -25,7 +25,7 @@ pytest.importorskip("ipywidgets")
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CELL_TIMEOUT_S = 300  # per cell; the fast-mode notebooks took 11-34 s in all with a CPU hog beside them
+CELL_TIMEOUT_S = 300  # per cell; the fast-mode notebooks took 20-50 s each on 2 cores at load ~10 (03: 128 s)
 SINGLE_THREAD = {"PDMD_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
