@@ -264,7 +264,7 @@ class Family:
     #: The teacher's step count in side-by-side comparisons (the app's Compare): 50; tokens: 100.
     comparison_teacher_steps: ClassVar[int] = 50
 
-    def compare_metrics(self, dataset, x: torch.Tensor, labels: torch.Tensor) -> dict:
+    def compare_metrics(self, dataset, x: torch.Tensor, labels: torch.Tensor, *, classifier=None) -> dict:
         """The numbers that show collapse in one sample set, cheap enough for every Compare panel.
 
         ``x``: samples ``(n, *shape)`` of one model, ``labels`` their classes ``(n,)``. Returns
@@ -272,7 +272,8 @@ class Family:
         from there) and values floats or short strings (``"7/8"``); absolute numbers, no reference set
         (the app shows the full teacher's value beside each). Points: modes covered and mode KL to the
         mixture's weights; tokens: exact TV to the joint (toy) or Hamming diversity (images); images:
-        pairwise cosine similarity; trajectories: mean flow and dynamic degree. Default: none.
+        pairwise cosine similarity (of ``classifier`` features when given, e.g. :meth:`classifier` loaded
+        once by the caller; else pixels); trajectories: mean flow and dynamic degree. Default: none.
         """
         return {}
 
