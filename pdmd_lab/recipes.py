@@ -83,6 +83,9 @@ RECIPES: dict[str, dict] = {
     "mnist/teacher": {"kind": "teacher", "data": "mnist", "iters": 4500, "batch_size": 64, "lr": 1e-3},
     "mnist/classifier": {"kind": "classifier", "data": "mnist"},
     **_students("mnist", MNIST, STUDENT_SPECS, MNIST_OVERRIDES),
+    # Derived: no training; ``builder(source folder, new folder)`` writes the model from another shipped one.
+    "mnist-uncond/teacher": {"kind": "derived", "writes": "teacher", "source": "mnist/teacher",
+                             "builder": "pdmd_lab.uncond:export_teacher"},
     **_students("study/ring-mix", STUDY, STUDY_SPECS),
     **_students("study/grid-mix", {**STUDY, "teacher": "oracle:grid-mix"}, STUDY_SPECS),
     **_students("motion-mix", MOTION_MIX, REFERENCE_SPECS),

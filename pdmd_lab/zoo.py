@@ -8,6 +8,7 @@ A teacher name gives a :class:`~pdmd_lab.student.TeacherSampler` (50 Euler steps
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ class Entry:
     """One shipped model and the recipe it is built from (:mod:`pdmd_lab.recipes`)."""
 
     name: str
-    kind: str  # "teacher" | "classifier" | "student"
+    kind: str  # "teacher" | "classifier" | "student" | "derived" (written from another shipped model)
     args: dict = field(default_factory=dict)
 
 
@@ -134,6 +135,7 @@ def _valid(path: Path, entry: Entry) -> bool:
     except ValueError:
         return False
     kinds = {entry.kind} | ({get_family(entry.args["data"]).teacher_kind} if entry.kind == "teacher" else set())
+    kinds |= {entry.args["writes"]} if entry.kind == "derived" else set()
     if cfg.get("kind") not in kinds:
         return False
     return entry.kind != "student" or bool(cfg.get("complete"))
@@ -174,6 +176,10 @@ def build_zoo(assets: Path = ASSETS, runs: Path = RUNS, *, only: str | None = No
         elif e.kind == "classifier":
             if not _valid(run, e):
                 train_classifier(ClassifierConfig(**e.args), run, progress=progress)
+        elif e.kind == "derived":  # written from another shipped model by a named function, no training
+            if not _valid(run, e):
+                module, func = e.args["builder"].split(":")
+                getattr(importlib.import_module(module), func)(assets / e.args["source"], run)
         else:
             distill(DistillConfig.from_flat(**e.args), run, progress=progress, command=cmd)
         _export(run, dest, {"zoo_name": e.name, "build_command": cmd, "build_wall_time_s": round(time.time() - t0, 1)})

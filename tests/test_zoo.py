@@ -84,3 +84,19 @@ def test_build_zoo_trains_masked_teachers_and_d_mmd_students(monkeypatch, tmp_pa
     student = zoo.load(str(tmp_path / "assets/ring-mix-tokens/d-mmd-2s"))
     assert student.nfe == 2 and student.meta["teacher"] == "zoo:ring-mix-tokens/teacher"
     assert zoo.build_zoo(tmp_path / "assets", tmp_path / "runs", progress=False) == []
+
+
+def test_build_zoo_writes_a_derived_teacher(tmp_path):
+    """``mnist-uncond/teacher`` is built from the shipped MNIST teacher by its recipe's builder, no training:
+    the same weights under the null-label net, so its samples equal the MNIST teacher's null class."""
+    import shutil
+
+    assets = tmp_path / "assets"
+    shutil.copytree(zoo.ASSETS / "mnist" / "teacher", assets / "mnist" / "teacher")
+    built = zoo.build_zoo(assets, tmp_path / "runs", only="mnist-uncond/teacher", progress=False)
+    assert built == ["mnist-uncond/teacher"]
+    made = zoo.load(str(assets / "mnist-uncond" / "teacher"), steps=2)
+    shipped = zoo.load("mnist-uncond/teacher", steps=2)
+    labels = torch.zeros(4, dtype=torch.long)
+    torch.testing.assert_close(made.sample(labels, seed=0), shipped.sample(labels, seed=0))
+    assert zoo.build_zoo(assets, tmp_path / "runs", only="mnist-uncond/teacher", progress=False) == []  # valid: kept
