@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -e ".[app,notebooks,dev]"
 	touch $@
 
+# Two workers, one test file each (a file's fixtures, app servers and kernels stay in one process).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 app: $(STAMP)
 	$(PY) -m app.app

@@ -45,3 +45,13 @@ def mixture_1d():
     from pdmd_lab.data import GaussianMixture
 
     return GaussianMixture(torch.tensor([[-1.0], [0.0], [1.0], [2.0]]), torch.tensor(0.1), torch.ones(1, 4))
+
+
+# The longest files first: under `pytest -n 2 --dist loadfile` (make test) each file runs whole in one worker,
+# so a long file started last would leave the other worker idle at the end.
+LONG_FIRST = ("test_notebooks.py", "test_engine.py", "test_app_browser.py", "test_backbones.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable: order within a file kept
