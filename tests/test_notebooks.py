@@ -25,7 +25,9 @@ pytest.importorskip("ipywidgets")
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CELL_TIMEOUT_S = 150  # per cell; fast-mode notebooks took 15-40 s in all beside another job (03: 128 s at load ~10); a stalled kernel costs this much before its one retry
+# Per cell. Fast-mode notebooks took 15-40 s in all beside another job (03: 128 s at load ~10);
+# a stalled kernel costs this much before its one retry.
+CELL_TIMEOUT_S = 150
 SINGLE_THREAD = {"PDMD_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 

@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 from matplotlib.lines import Line2D
+
 from pdmd_lab import flow
 from pdmd_lab.viz.base import (
     LOGSNR_CLIP,

@@ -10,6 +10,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Circle
+
 from pdmd_lab import flow
 
 LOGSNR_CLIP = 12.0  # log-SNR is -inf at t = 1 and +inf at t = 0; axes clip it here

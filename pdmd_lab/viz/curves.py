@@ -11,6 +11,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+
 from pdmd_lab.viz.base import (
     _class_handles,
     _grid,

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 from matplotlib.figure import Figure
+
 from pdmd_lab.viz.base import (
     _class_handles,
     _draw_modes,

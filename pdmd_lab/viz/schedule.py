@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
 from pdmd_lab import flow
 from pdmd_lab.viz.base import LOGSNR_CLIP, _clipped_logsnr, _new_figure, _np, _shade_phases
 

@@ -10,6 +10,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
 from pdmd_lab import flow
 from pdmd_lab.viz.base import (
     _clipped_logsnr,
