@@ -101,7 +101,8 @@ def test_measure_resumes_splits_and_scores(tiny_teachers, tmp_path):
     assert torch.equal(uncond._to_uint8(x), saved["images"])
     info = uncond.save_reference(out, tmp_path / "ref.safetensors")
     assert info["n"] == 6 and info["counts"] == first["counts"]
-    s = uncond.score_against_reference(x, uncond.load_mnist_classifier(), uncond.load_reference(tmp_path / "ref.safetensors"))
+    reference = uncond.load_reference(tmp_path / "ref.safetensors")
+    s = uncond.score_against_reference(x, uncond.load_mnist_classifier(), reference)
     assert s["digit_kl"] == 0.0 and s["digits_covered"] == 10 and s["frechet_distance"] < 1e-3
     r = uncond.report(out, tmp_path / "res", {"tiny/teacher@2": model}, n=6)
     want = uncond.score_against_reference(uncond.sample_unconditional(model, 6, 0), uncond.load_mnist_classifier(),

@@ -9,7 +9,6 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 from matplotlib.lines import Line2D
 
-from pdmd_lab import flow
 from pdmd_lab.viz.base import (
     LOGSNR_CLIP,
     _clipped_logsnr,
@@ -23,7 +22,13 @@ from pdmd_lab.viz.base import (
     expert_colors,
 )
 from pdmd_lab.viz.samples import _gmm_of, image_grid_array
-from pdmd_lab.viz.trajectories import _data_mean, _draw_prediction, _phase_of, denoiser_predictions
+from pdmd_lab.viz.trajectories import (
+    _checked_trajectory,
+    _data_mean,
+    _draw_prediction,
+    _phase_of,
+    denoiser_predictions,
+)
 
 # Animations ------------------------------------------------------------------------------------
 
@@ -54,16 +59,8 @@ def trajectory_animation(traj: list, expert_index: list[int], *, gmm=None, label
     from matplotlib.animation import FuncAnimation
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    states = [_np(s) for s in traj]
+    states, expert_index, ts = _checked_trajectory(traj, expert_index, step_times)
     n_steps = len(states) - 1
-    if n_steps < 1:
-        raise ValueError("traj must hold at least two states [x_{t_0}, x_{t_1}, ...]")
-    expert_index = [int(k) for k in expert_index]
-    if len(expert_index) != n_steps:
-        raise ValueError(f"expert_index needs one entry per step ({n_steps}), got {len(expert_index)}")
-    ts = _np(flow.step_times(n_steps) if step_times is None else step_times)
-    if len(ts) != n_steps + 1:
-        raise ValueError(f"step_times needs {n_steps + 1} entries, got {len(ts)}")
     colors = expert_colors(max(expert_index) + 1)
     plan = _frame_plan(n_steps, frames_per_step, hold_start, hold_end)
     first = states[0]

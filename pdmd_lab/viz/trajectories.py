@@ -38,16 +38,8 @@ def trajectory_figure(traj: list, expert_index: list[int], *, gmm=None, labels=N
     sample (the first ``max_samples``), a column per state titled with its ``t`` and the expert that
     produced it. ``step_times`` default to ``N`` uniform Euler steps.
     """
-    states = [_np(s) for s in traj]
+    states, expert_index, ts = _checked_trajectory(traj, expert_index, step_times)
     n_steps = len(states) - 1
-    if n_steps < 1:
-        raise ValueError("traj must hold at least two states [x_{t_0}, x_{t_1}, ...]")
-    expert_index = [int(k) for k in expert_index]
-    if len(expert_index) != n_steps:
-        raise ValueError(f"expert_index needs one entry per step ({n_steps}), got {len(expert_index)}")
-    ts = _np(flow.step_times(n_steps) if step_times is None else step_times)
-    if len(ts) != n_steps + 1:
-        raise ValueError(f"step_times needs {n_steps + 1} entries, got {len(ts)}")
     num_experts = max(expert_index) + 1
     colors = expert_colors(num_experts)
     gmm = gmm if gmm is not None else _gmm_of(dataset)
@@ -205,3 +197,17 @@ def denoiser_figure(gmm, ts=(0.95, 0.8, 0.6, 0.4, 0.2, 0.05), *, labels=None, bo
     return fig
 
 
+def _checked_trajectory(traj, expert_index, step_times):
+    """``(states, expert_index, ts)`` of a routed trajectory, checked: at least two states, one expert per
+    step, one time per state (``step_times`` default to uniform Euler steps)."""
+    states = [_np(s) for s in traj]
+    n_steps = len(states) - 1
+    if n_steps < 1:
+        raise ValueError("traj must hold at least two states [x_{t_0}, x_{t_1}, ...]")
+    expert_index = [int(k) for k in expert_index]
+    if len(expert_index) != n_steps:
+        raise ValueError(f"expert_index needs one entry per step ({n_steps}), got {len(expert_index)}")
+    ts = _np(flow.step_times(n_steps) if step_times is None else step_times)
+    if len(ts) != n_steps + 1:
+        raise ValueError(f"step_times needs {n_steps + 1} entries, got {len(ts)}")
+    return states, expert_index, ts
