@@ -65,7 +65,7 @@ MOTION_MIX = {"teacher": "oracle:motion-mix", "cfg": 1.5, "iters": 600, "batch_s
               "lr_fake": 1e-3, "fake_updates_per_generator_update": 3, "init_iters": 1000, "checkpoint_every": 200}
 # mnist-uncond: the MNIST teacher with its null class (zoo:mnist-uncond/teacher, exported from mnist/teacher),
 # CFG off; the shipped MNIST recipe's settings, except the length: 200 updates (1,000 there), to fit a CPU.
-# Phased DMD at "dmd2" like every shipped MNIST student. Study rows only: no mnist-uncond student is shipped yet.
+# Phased DMD at "dmd2" like every shipped MNIST student. Seed 0 of each row ships as ``mnist-uncond/<name>``.
 MNIST_UNCOND = {**MNIST, "teacher": "zoo:mnist-uncond/teacher", "cfg": 1.0, "iters": 200, "checkpoint_every": 50}
 MNIST_UNCOND_SPECS = [(n, m, k, {**o, "weighting": "dmd2"}) for n, m, k, o in REFERENCE_SPECS]
 
@@ -91,6 +91,7 @@ RECIPES: dict[str, dict] = {
     **_students("motion-mix", MOTION_MIX, REFERENCE_SPECS),
     **_students("study/motion-mix", MOTION_MIX, REFERENCE_SPECS),
     **_students("study/motion-mix-cfg1", {**MOTION_MIX, "cfg": 1.0}, REFERENCE_SPECS),
+    **_students("mnist-uncond", MNIST_UNCOND, MNIST_UNCOND_SPECS, MNIST_OVERRIDES),
     **_students("study/mnist-uncond", MNIST_UNCOND, MNIST_UNCOND_SPECS, MNIST_OVERRIDES),
 }
 
