@@ -15,7 +15,9 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import itertools  # noqa: E402
 import math  # noqa: E402
+import tempfile  # noqa: E402
 import threading  # noqa: E402
 from collections import OrderedDict  # noqa: E402
 
@@ -327,9 +329,11 @@ def _initial(model, seed: int, n: int) -> torch.Tensor:
 def _sample_limits(family: str) -> tuple[int, int]:
     """``(most, default)`` number of samples in Compare: samples of a few numbers each (2D points, token
     pairs) are shown as a distribution (a scatter of thousands, a joint histogram); larger ones (images)
-    as a grid of at most 64."""
+    as a grid of at most 64 (all 64 by default for unconditional datasets, whose panels count digits)."""
     if math.prod(get_dataset(family).shape) <= 4:
         return MAX_PAIR_SAMPLES, DEFAULT_PAIR_SAMPLES
+    if family_of(family).is_unconditional(family):  # a histogram of what was drawn needs more than 16
+        return MAX_SAMPLES, MAX_SAMPLES
     return MAX_SAMPLES, 16
 
 
@@ -344,13 +348,36 @@ def _empty_panel(size: int = 96) -> np.ndarray:
     return np.full((size, size, 3), 235, dtype=np.uint8)
 
 
-def _panel(family: str, title: str, x, labels) -> np.ndarray:
-    """One Compare panel: the family draws the samples (``render_panel``) without a title (the caption
-    names the model), rendered to an image."""
-    ax = family_of(family).render_panel(x, labels, dataset=family)
+_PANEL_DIR: list = []  # the app's own folder of panel files (made on first use, in the system's temp folder)
+_PANEL_COUNT = itertools.count()
+
+
+def _panel_path(suffix: str) -> str:
+    with _ZOO_LOCK:
+        if not _PANEL_DIR:
+            _PANEL_DIR.append(tempfile.mkdtemp(prefix="pdmd-lab-panels-"))
+    return os.path.join(_PANEL_DIR[0], f"{next(_PANEL_COUNT)}{suffix}")
+
+
+def _panel(family: str, title: str, x, labels) -> str:
+    """One Compare panel as a file the page shows: an animated GIF where the family's samples are videos
+    (``render_clip``), else a PNG of its ``render_panel`` (no title: the caption names the model). Written
+    once per cached sample set into the app's own temporary folder, so a repeated click sends the same file
+    and encodes nothing."""
+    fam = family_of(family)
+    clip = fam.render_clip(x, labels, dataset=family)
+    if clip is not None:
+        path = _panel_path(".gif")
+        with open(path, "wb") as f:
+            f.write(clip)
+        return path
+    ax = fam.render_panel(x, labels, dataset=family)
     fig = ax.figure
-    fig.set_size_inches(3.6, 3.6)
-    return figure_array(fig)
+    fig.set_size_inches(3.6, 3.6 * fig.get_figheight() / fig.get_figwidth())  # the family's aspect, 3.6 in wide
+    FigureCanvasAgg(fig)
+    path = _panel_path(".png")
+    fig.savefig(path, format="png", dpi=100)
+    return path
 
 
 # The numbers under each Compare panel: ``(label, value, lower_is_better)``, value a float or a string

@@ -391,3 +391,48 @@ def save_gif(traj_rows, path, *, size: int = 64, extent: float = 10.0, duration_
     frames = np.concatenate(lines[:-1], axis=1) if len(lines) > 2 else lines[0]
     imgs = [Image.fromarray(f) for f in frames]
     imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=duration_ms, loop=0)
+
+
+def clip_grid_frames(x, labels=None, *, size: int | None = None, extent: float = 10.0, trail: float = 0.55,
+                     max_clips: int = 64) -> np.ndarray:
+    """Trajectories as a grid of clips, ``uint8 (T, H, W, 3)``: one small video per trajectory, laid out
+    row by row (as many columns as rows, or one more), each a dot of its class's colour (matplotlib's
+    ``tab10``) on black that leaves a fading trail (earlier frames kept at ``trail`` times their last
+    brightness per frame), so both the motion and its path read in any one frame. At most ``max_clips``
+    clips; ``size``: pixels per clip (96 for up to 16 clips, else 48)."""
+    from matplotlib import colormaps
+
+    tr = as_frames(torch.as_tensor(x)).double()[:max_clips]
+    n = len(tr)
+    if n < 1:
+        raise ValueError("no trajectory to draw")
+    lab = [0] * n if labels is None else [int(c) for c in torch.as_tensor(labels).reshape(-1).tolist()[:n]]
+    size = size or (96 if n <= 16 else 48)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    steps = tr.shape[1]
+    palette = np.asarray(colormaps["tab10"].colors)
+    grid = np.full((steps, rows * (size + 1) - 1, cols * (size + 1) - 1, 3), 60.0)
+    for i, (path, c) in enumerate(zip(tr, lab)):
+        dots = render_frames(path, size, extent, radius=max(2.5, size / 32)).astype(np.float64) / 255.0
+        shown = np.zeros_like(dots)
+        for f in range(steps):  # the trail: every earlier frame, dimmer by `trail` per frame since
+            shown[f] = np.maximum(dots[f], trail * shown[f - 1]) if f else dots[f]
+        r, q = divmod(i, cols)
+        y0, x0 = r * (size + 1), q * (size + 1)
+        grid[:, y0:y0 + size, x0:x0 + size] = shown[..., None] * 255.0 * palette[c % 10][None, None, None]
+    return grid.round().clip(0, 255).astype(np.uint8)
+
+
+def clip_grid_gif(x, labels=None, *, duration_ms: int = 160, pause_ms: int = 600, **kwargs) -> bytes:
+    """:func:`clip_grid_frames` as an animated GIF (Pillow; loops, holds the last frame ``pause_ms``)."""
+    import io
+
+    from PIL import Image
+
+    frames = clip_grid_frames(x, labels, **kwargs)
+    imgs = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    durations = [duration_ms] * (len(imgs) - 1) + [pause_ms]
+    imgs[0].save(buf, format="GIF", save_all=True, append_images=imgs[1:], duration=durations, loop=0)
+    return buf.getvalue()

@@ -23,6 +23,7 @@ triples of independent samples add nothing to this histogram, so those numbers a
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -363,3 +364,61 @@ def report(measure_dir, out, models: dict, *, n: int = 2000, seed: int = 0) -> d
     (out / "scores.json").write_text(json.dumps({"n": n, "seed": seed, "smoothing": SMOOTHING,
                                                  "cover_share": COVER_SHARE, "rows": scores}, indent=1) + "\n")
     return {"teacher": teacher, "rows": scores}
+
+
+# One panel of the app's Compare ------------------------------------------------------------------------
+
+_CLASSIFIER: list = []
+
+
+def shipped_classifier():
+    """:func:`load_mnist_classifier`, loaded once per process."""
+    if not _CLASSIFIER:
+        _CLASSIFIER.append(load_mnist_classifier())
+    return _CLASSIFIER[0]
+
+
+def reference_counts() -> np.ndarray:
+    """The 50-step teacher's digit counts from its shipped reference (:data:`REFERENCE_PATH`)."""
+    if not REFERENCE_PATH.exists():
+        raise ValueError(f"the teacher's reference {REFERENCE_PATH} is missing: run uncond.measure on the teacher "
+                         f"and uncond.save_reference first")
+    return load_reference(REFERENCE_PATH)["counts"].numpy()
+
+
+def panel_scores(x: torch.Tensor, classifier=None) -> dict:
+    """What one Compare panel shows of ``x``: digit counts, KL(teacher || model) against the teacher's
+    reference histogram and the digits covered (of 10)."""
+    counts = digit_counts((classifier or shipped_classifier()).predict(x))
+    ref = reference_counts()
+    return {"counts": counts, "digit_kl": kl_teacher_model(ref, counts),
+            "digits_covered": int(digits_covered(ref, counts).sum())}
+
+
+def grid_and_histogram(x: torch.Tensor, *, classifier=None, title: str | None = None):
+    """One Compare panel: the images as a grid over a bar chart of their predicted digits (the model's
+    shares in colour, the teacher's reference shares as grey outlines; a missed digit's bar in red).
+    Returns the grid's axes."""
+    from matplotlib.figure import Figure
+
+    from pdmd_lab import viz
+
+    counts = panel_scores(x, classifier)["counts"]
+    ref = reference_counts()
+    fig = Figure(figsize=(3.6, 4.6), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=[3.6, 1.0])
+    arr = viz._np(x, float)
+    viz._imshow(top, viz.image_grid_array(arr, math.ceil(math.sqrt(len(arr)))))
+    top.set_axis_off()
+    if title:
+        top.set_title(title, fontsize=9)
+    d = np.arange(NUM_DIGITS)
+    q = counts / max(1, counts.sum())
+    miss = ~digits_covered(ref, counts)
+    bottom.bar(d, q, 0.7, color=["C3" if m else "C0" for m in miss])
+    bottom.bar(d, ref / ref.sum(), 0.7, fill=False, edgecolor="0.35", lw=0.8)
+    bottom.set_xticks(d)
+    bottom.set_ylim(0, max(0.3, float(q.max()) * 1.1))
+    bottom.tick_params(labelsize=6)
+    bottom.set_ylabel("digit share", fontsize=6)
+    return top

@@ -401,8 +401,9 @@ def test_discrete_image_family_shows_grids(monkeypatch):
     assert "NFE 100 " in captions[0] and "NFE 4 " in captions[1] and "NFE 4 " in captions[2]
     assert captions[3]["visible"] is False  # no no-noise student planned for MNIST: the panel is hidden
     assert all("hamming_per_class" in captions[i] for i in (0, 1, 2, 4))  # the tokens family's number
-    for i in (0, 1, 2, 4):  # the family's grid, rendered
-        assert images[i].ndim == 3 and min(images[i].shape[:2]) >= 200, images[i].shape
+    for i in (0, 1, 2, 4):  # the family's grid, rendered to a file
+        img = _image(images[i])
+        assert img.ndim == 3 and min(img.shape[:2]) >= 200, img.shape
     assert "hamming_per_class" in captions[5] or "not available" in captions[5]  # data: MNIST loads offline
     with pytest.raises(Exception, match="number of samples"):
         next(app_module.generate("mnist-binary", "all", 0, 65, 1.0, None))
@@ -466,7 +467,8 @@ def test_a_new_kind_renders_in_compare(monkeypatch):
         *_, last = app_module.generate("sine-mix", "all", 0, 8, 2.0, progress=lambda *a, **k: None)
         images, captions = last[:6], last[6:12]
         for i in (0, 1, 2):  # teacher at 50 and 4 steps, the one-step stand-in: line plots, not empty
-            assert images[i].ndim == 3 and images[i].std() > 5, captions[i]
+            img = _image(images[i])
+            assert img.ndim == 3 and img.std() > 5, captions[i]
         assert "NFE 100 " in captions[0] and "NFE 8 " in captions[1] and "NFE 2 " in captions[2]
         assert drawn == [8, 8, 8]  # every panel by the family's own renderer
         assert all("not built yet" in captions[i] for i in (3, 4, 5))
@@ -476,3 +478,63 @@ def test_a_new_kind_renders_in_compare(monkeypatch):
     finally:
         DATASETS.pop("sine-mix", None)
         FAMILIES.pop("signals", None)
+
+
+# The counting benchmarks in Compare: motion-mix as clips, mnist-uncond with digit histograms ---------------
+
+def _stand_in_zoo(monkeypatch, family: str):
+    """A Zoo of ``family`` whose DMD panel is its teacher run in one step (standing in for a shipped student)."""
+    z = app_module.Zoo(families=[family])
+    z.models[family]["dmd-1s"] = z.models[family]["teacher"].with_steps(1)
+    monkeypatch.setattr(common, "_ZOO", z)
+    monkeypatch.setattr(common, "TEACHER_CACHE", common.TeacherCache())
+    return z
+
+
+def test_motion_mix_panels_are_clips(monkeypatch):
+    """Each motion-mix panel is an animated GIF, one clip per sample (8 frames: the trajectory's), with the
+    mean flow and dynamic degree under it and the 50-step teacher's values beside; a repeated request sends
+    the same files (nothing drawn again)."""
+    from pdmd_lab import motion
+
+    _stand_in_zoo(monkeypatch, "motion-mix")
+    labels = torch.arange(16) % 4
+    *_, last = app_module.generate("motion-mix", "all", 0, 16, 1.5, progress=lambda *a, **k: None)
+    images, captions = last[:6], last[6:12]
+    for i in (0, 1, 2):
+        gif = Image.open(images[i])
+        assert gif.format == "GIF" and gif.n_frames == motion.FRAMES, (gif.format, gif.n_frames)
+        assert "mean flow" in captions[i] and "dynamic degree" in captions[i]
+    assert "teacher" in captions[2]  # the teacher's values beside the student's
+    teacher = common.get_zoo().sampler("motion-mix", "teacher", 1.5)
+    x = teacher.sample(labels, seed=0, noise=common._initial(teacher, 0, 16))
+    assert f"mean flow **{motion.mean_flow(x):.3g}**" in captions[0]
+    # the clip's first frame: 16 coloured dots on black (a 4 x 4 grid of clips, separators grey)
+    first = np.asarray(Image.open(images[0]).convert("RGB"))
+    assert first.shape[0] == first.shape[1] == 4 * 96 + 3
+    *_, again = app_module.generate("motion-mix", "all", 0, 16, 1.5, progress=lambda *a, **k: None)
+    assert list(again[:3]) == list(images[:3])
+
+
+def test_mnist_uncond_panels_show_digit_histograms(monkeypatch):
+    """mnist-uncond in Compare: one class choice ("all"), 64 samples by default, each panel a grid over
+    its digit histogram, and under it the digit KL to the teacher's reference histogram and the digits
+    covered, recomputed here from the same samples."""
+    from app.tabs import compare
+    from pdmd_lab import uncond
+
+    z = _stand_in_zoo(monkeypatch, "mnist-uncond")
+    assert compare._class_choices("mnist-uncond") == ["all"]
+    assert common._sample_limits("mnist-uncond") == (64, 64)
+    n = 6
+    *_, last = app_module.generate("mnist-uncond", "all", 0, n, 1.0, progress=lambda *a, **k: None)
+    images, captions = last[:6], last[6:12]
+    for i in (0, 1, 2):
+        img = _image(images[i])
+        assert img.shape[0] > img.shape[1]  # the grid and, under it, the histogram
+        assert "digit KL" in captions[i] and "digits covered" in captions[i] and "lower is better" in captions[i]
+    model = z.sampler("mnist-uncond", "dmd-1s")
+    x = model.sample(torch.zeros(n, dtype=torch.long), seed=0, noise=common._initial(model, 0, n))
+    s = uncond.panel_scores(x)
+    assert f"digit KL **{s['digit_kl']:.3g}**" in captions[2]
+    assert f"digits covered **{s['digits_covered']}/10**" in captions[2]

@@ -317,7 +317,7 @@ def _count_label(family: str | None) -> str:
 
 def _class_choices(family: str | None) -> list[str]:
     """The class dropdown's choices for ``family``: ``all`` and its classes."""
-    if family is None:
+    if family is None or family_of(family).is_unconditional(family):
         return ["all"]
     return ["all"] + [str(c) for c in range(get_zoo().models[family]["teacher"].num_classes)]
 
@@ -393,7 +393,7 @@ def build(ctx) -> None:
                     with gr.Column(min_width=200):
                         # No label badge and no corner icons: they would sit on the panel's top corner (over
                         # MNIST's corner digits); the caption under it names the model.
-                        images.append(gr.Image(show_label=False, buttons=[], type="numpy", format="png",
+                        images.append(gr.Image(show_label=False, buttons=[], type="filepath", format="png",
                                                interactive=False, visible=bool(key), elem_id=f"panel-{i}",
                                                elem_classes=["panel"]))
                         captions.append(gr.Markdown(f"**{title}**", visible=bool(key), elem_id=f"caption-{i}"))

@@ -192,6 +192,11 @@ class Family:
         """A figure of one sample set (``pdmd-lab sample``): one panel, titled."""
         return self.render_grid({title or "": (x, labels)}, dataset=dataset)
 
+    def render_clip(self, x, labels=None, *, dataset) -> bytes | None:
+        """Samples that are videos drawn as an animated GIF (the bytes), or None: the family's samples are
+        stills, drawn by :meth:`render_panel`. The app's Compare shows a clip where there is one."""
+        return None
+
     def render_animation(self, trajectory: list, *, dataset, labels=None, expert_index=None, **kwargs):
         """An animation (``matplotlib.animation.Animation``) of a sampling trajectory ``[x_{t_0}, ..., x_{t_N}]``;
         ``expert_index[i]``: the expert of step i. ValueError for families without one."""

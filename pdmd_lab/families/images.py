@@ -105,7 +105,13 @@ class ImagesFamily(ContinuousFamily):
 
     def compare_metrics(self, dataset, x, labels, *, classifier=None) -> dict:
         """The mean pairwise cosine similarity within a class (of ``classifier`` features when given, else
-        pixels): lower is more varied."""
+        pixels): lower is more varied. Unconditional datasets (``mnist-uncond``): the digit histogram's KL to
+        the teacher's reference and the digits covered (:func:`pdmd_lab.uncond.panel_scores`)."""
+        if self.is_unconditional(dataset):
+            from pdmd_lab import uncond
+
+            s = uncond.panel_scores(torch.as_tensor(x), classifier)
+            return {"digit_kl": s["digit_kl"], "digits_covered": f"{s['digits_covered']}/{uncond.NUM_DIGITS}"}
         labels = torch.as_tensor(labels)
         several = [c for c in torch.unique(labels).tolist() if int((labels == c).sum()) > 1]
         if not several:  # one sample per class: no pair to compare
@@ -118,7 +124,13 @@ class ImagesFamily(ContinuousFamily):
     # Rendering ------------------------------------------------------------------------------------
 
     def render_panel(self, x, labels=None, *, dataset, ax=None, title=None):
-        """A square grid of the images (gray for one channel), axes off."""
+        """A square grid of the images (gray for one channel), axes off; for unconditional datasets drawn in a
+        new figure, with the histogram of their predicted digits under it
+        (:func:`pdmd_lab.uncond.grid_and_histogram`)."""
+        if ax is None and self.is_unconditional(dataset):
+            from pdmd_lab import uncond
+
+            return uncond.grid_and_histogram(torch.as_tensor(x), title=title)
         self.dataset(dataset)
         return image_panel(x, ax=ax, title=title)
 

@@ -87,6 +87,12 @@ class TrajectoriesFamily(Family):
             ax.set_title(title, fontsize=8)
         return ax
 
+    def render_clip(self, x, labels=None, *, dataset):
+        """The trajectories as a grid of small videos, a GIF (:func:`pdmd_lab.motion.clip_grid_gif`): one clip
+        per sample, its dot in its class's colour with a fading trail."""
+        self.dataset(dataset)
+        return motion.clip_grid_gif(x, labels)
+
     def render_clips(self, rows: dict, *, n: int = 4, title: str | None = None):
         """Still figure of clips (frames superimposed, older ones dimmer), one row per model."""
         return motion.clips_figure(rows, n=n, title=title)
