@@ -174,6 +174,46 @@ def test_compare_discrete_family(url, browser, tmp_path):
         page.close()
 
 
+def test_compare_counting_benchmarks(url, browser, tmp_path):
+    """motion-mix: every panel an animated clip (a GIF) with mean flow and dynamic degree under it;
+    mnist-uncond (when its students are shipped): one class choice, a grid over a digit histogram per panel
+    with digit KL and digits covered."""
+    page = _open(browser, url)
+    try:
+        _pick(page, "#family-dd", "motion-mix")
+        page.wait_for_function("() => document.querySelector('#count-num input').value === '16'", timeout=30_000)
+        page.get_by_role("button", name="Generate").click()
+        for i in range(6):
+            page.locator(f"#panel-{i} img").first.wait_for(state="visible", timeout=300_000)
+        page.locator("#caption-0").filter(has_text="NFE").wait_for(timeout=300_000)
+        srcs = [page.locator(f"#panel-{i} img").first.get_attribute("src") for i in range(6)]
+        assert all(s and ".gif" in s for s in srcs), srcs
+        caps = [page.locator(f"#caption-{i}").inner_text() for i in range(6)]
+        assert all("mean flow" in c and "dynamic degree" in c for c in caps), caps
+        if SAVE:
+            page.wait_for_timeout(1000)
+            _save(page, "compare_motion", tmp_path)
+        from app.common import get_zoo
+
+        if "mnist-uncond" not in get_zoo().families:  # the page's models: its students are not shipped
+            return
+        _pick(page, "#family-dd", "mnist-uncond")
+        page.wait_for_function("() => document.querySelector('#count-num input').value === '64'", timeout=30_000)
+        assert _class_options(page) == ["all"]
+        page.locator("#count-num input").fill("64" if SAVE else "4")
+        page.get_by_role("button", name="Generate").click()
+        for i in range(6):
+            page.locator(f"#panel-{i} img").first.wait_for(state="visible", timeout=300_000)
+        page.locator("#caption-0").filter(has_text="NFE").wait_for(timeout=300_000)
+        caps = [page.locator(f"#caption-{i}").inner_text() for i in range(6)]
+        assert all("digit KL" in c and "digits covered" in c for c in caps), caps
+        if SAVE:
+            page.wait_for_timeout(1000)
+            _save(page, "compare_mnist_uncond", tmp_path)
+    finally:
+        page.close()
+
+
 def _boxes_overlap(a: dict, b: dict) -> bool:
     return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
                 or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])

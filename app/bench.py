@@ -1,0 +1,163 @@
+"""Compare's latency as a user sees it: ``python -m app.bench``.
+
+Starts the app (``python -m app.app``) in its own process on a free port, waits until ``--wait``
+seconds after the start (the background warm-up runs meanwhile, as for a user opening the page),
+then drives Compare through its HTTP API with ``gradio_client``, family by family in the dropdown's
+order, each at its default view (all classes, seed 0, the default number of samples, the teacher's
+CFG, the default step choice):
+
+* **first click**: the first request of that view: seconds to the first panel and to every panel
+  (the last update), the panels' files downloaded, as the page gets them;
+* **repeated click**: the same request again, ``--repeats`` times (the median is reported).
+
+Writes ``latency.json`` and ``latency.md`` (a table) into ``--out`` (kept unless ``--overwrite``)
+and prints the table. The app process is stopped at the end. Nothing here is timed inside the app:
+these are wall-clock times on the machine it runs on, so say what else ran beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with code {proc.returncode} before serving")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the app did not serve {url} within {timeout:.0f} s")
+
+
+def _defaults(family: str) -> tuple:
+    """The default Compare request of ``family``: (class, seed, n, cfg, steps), as the page fills it in."""
+    from app import common
+
+    z = common.get_zoo()
+    k = z.default_steps(family)
+    return "all", 0, common._sample_limits(family)[1], z.models[family]["teacher"].cfg, (None if k is None else str(k))
+
+
+def click(client, family: str, request: tuple) -> dict:
+    """One Generate click through the API: seconds to the first update holding a panel, and to the last."""
+    t0 = time.perf_counter()
+    job = client.submit(family, *request, api_name="/generate")
+    first = None
+    for update in job:  # each streamed update, its files downloaded
+        if first is None and any(isinstance(v, str) and v for v in update[:6]):
+            first = time.perf_counter() - t0
+    job.result()
+    last = time.perf_counter() - t0
+    return {"first_panel_s": round(first if first is not None else last, 3), "all_panels_s": round(last, 3)}
+
+
+def run(families=None, *, wait: float = 30.0, repeats: int = 3, threads: int = 1, progress=print) -> dict:
+    """Start the app, wait ``wait`` s after its start, time the first and repeated clicks per family."""
+    from gradio_client import Client
+
+    from app import common
+
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    start = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "app.app", "--port", str(port), "--threads", str(threads)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        _wait_until_up(url, proc, timeout=600)
+        up = time.time() - start
+        progress(f"app serving after {up:.1f} s; waiting until {wait:.0f} s after start")
+        shown = common.get_zoo().families  # the same shipped models as the app's, loaded here for the defaults
+        families = [f for f in (families or shown) if f in shown]
+        time.sleep(max(0.0, wait - (time.time() - start)))
+        client = Client(url, verbose=False)
+        rows = {}
+        for family in families:
+            request = _defaults(family)
+            since = time.time() - start
+            rows[family] = {"n": request[2], "first_click_at_s": round(since, 1), "first": click(client, family, request)}
+            progress(f"{family}: first click {rows[family]['first']}")
+        for family in families:
+            request = _defaults(family)
+            again = [click(client, family, request) for _ in range(repeats)]
+            rows[family]["repeated"] = {k: statistics.median(a[k] for a in again) for k in again[0]}
+            progress(f"{family}: repeated click (median of {repeats}) {rows[family]['repeated']}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return {"serving_after_s": round(up, 1), "wait_s": wait, "repeats": repeats, "app_threads": threads,
+            "cpu_count": os.cpu_count(), "load_average_1min_at_end": round(os.getloadavg()[0], 2), "families": rows}
+
+
+def table(result: dict) -> str:
+    lines = ["| family (samples) | first click: first panel / all panels | repeated click: first / all |",
+             "|---|---|---|"]
+    for family, r in result["families"].items():
+        f, a = r["first"], r["repeated"]
+        lines.append(f"| {family} ({r['n']:,}) | {f['first_panel_s']:.2f} s / {f['all_panels_s']:.2f} s "
+                     f"| {a['first_panel_s']:.2f} s / {a['all_panels_s']:.2f} s |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from pdmd_lab import safety
+
+    p = argparse.ArgumentParser(prog="python -m app.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--families", default=None, help="comma-separated families (default: every family shown)")
+    p.add_argument("--wait", type=float, default=30.0, help="seconds after the app's start before the first click")
+    p.add_argument("--repeats", type=int, default=3, help="repeated clicks per family (the median is reported)")
+    p.add_argument("--threads", type=int, default=1, help="the app's torch threads")
+    p.add_argument("--out", default="runs/app-latency", help="folder for latency.json and latency.md")
+    p.add_argument("--overwrite", action="store_true", help="replace latency.json and latency.md in --out")
+    args = p.parse_args(argv)
+    try:
+        safety.check_number("--wait", args.wait, 0, 3600)
+        safety.check_number("--repeats", args.repeats, 1, 100)
+        safety.check_number("--threads", args.threads, 1, 256)
+        out_json, out_md = safety.output_files(args.out, ["latency.json", "latency.md"], overwrite=args.overwrite)
+        families = None if args.families is None else [f.strip() for f in args.families.split(",") if f.strip()]
+        if families is not None:
+            from app import common
+
+            unknown = sorted(set(families) - set(common.shipped_families()))
+            if unknown or not families:
+                raise ValueError(f"--families: {', '.join(unknown) or 'none given'} not shown in Compare; choose "
+                                 f"from {', '.join(common.shipped_families())}")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = run(families, wait=args.wait, repeats=args.repeats, threads=args.threads)
+    md = table(result)
+    for path, text in ((out_json, json.dumps(result, indent=1) + "\n"), (out_md, md + "\n")):
+        safety.make_parent(path).write_text(text)
+    print(md)
+    print(f"wrote {out_json} and {out_md}; load average at the end {result['load_average_1min_at_end']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
