@@ -96,7 +96,8 @@ def run(families=None, *, wait: float = 30.0, repeats: int = 3, threads: int = 1
         for family in families:
             request = _defaults(family)
             since = time.time() - start
-            rows[family] = {"n": request[2], "first_click_at_s": round(since, 1), "first": click(client, family, request)}
+            first = click(client, family, request)
+            rows[family] = {"n": request[2], "first_click_at_s": round(since, 1), "first": first}
             progress(f"{family}: first click {rows[family]['first']}")
         for family in families:
             request = _defaults(family)
