@@ -55,6 +55,7 @@ from app.live import collapse_lab, distill_live  # noqa: E402,F401
 from app.tabs import TABS, compare  # noqa: E402
 from app.tabs.compare import compare_controls, generate, panel_titles, teacher_output  # noqa: E402,F401
 from app.tabs.diversity import class_view, diversity  # noqa: E402,F401
+from app.tabs.diversity import warm_up as diversity_warm_up  # noqa: E402
 from app.tabs.phases import phases, trajectory  # noqa: E402,F401
 
 
@@ -111,9 +112,17 @@ def main(argv=None) -> None:
     torch.set_num_threads(max(1, args.threads))
     demo = build_app()
     if not args.no_warm_up:  # the default views, cached while the page loads (the page's family first)
-        first = layout_context(get_zoo()).default_family
+        ctx = layout_context(get_zoo())
+        first = ctx.default_family
         order = [first] + [f for f in get_zoo().families if f != first] if first else []
-        threading.Thread(target=lambda: [compare.warm_up(f) for f in order], daemon=True, name="warm-up").start()
+
+        def warm_up():  # Compare's first view, then Diversity's (and its full evaluation's teacher), then the rest
+            for i, f in enumerate(order):
+                compare.warm_up(f)
+                if i == 0 and ctx.default_other is not None:
+                    diversity_warm_up(ctx.default_other)
+
+        threading.Thread(target=warm_up, daemon=True, name="warm-up").start()
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, css=CSS)
 
 

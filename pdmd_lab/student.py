@@ -57,8 +57,9 @@ class Sampler(nn.Module):
         return next(itertools.chain(self.parameters(), self.buffers()), torch.zeros(())).device
 
     @torch.no_grad()
-    def sample(self, class_labels, seed: int = 0, *, noise=None, return_trajectory: bool = False):
-        """One output per label from the seeded initial state (or the given ``noise``)."""
+    def sample(self, class_labels, seed: int = 0, *, noise=None, return_trajectory: bool = False, callback=None):
+        """One output per label from the seeded initial state (or the given ``noise``); ``callback`` gets the
+        sampler's dict after every step (e.g. to report progress)."""
         device = self._device()
         labels = _labels(class_labels, device)
         spec = get_sampler(self.sampler)
@@ -66,8 +67,15 @@ class Sampler(nn.Module):
             if noise is None else noise.to(device)
         g = torch.Generator().manual_seed(int(seed) + 1)  # the sampler's own draws (re-noising, tokens)
         traj = [x]
+
+        def each_step(d):
+            if return_trajectory:
+                traj.append(d["x_next"])
+            if callback is not None:
+                callback(d)
+
         out = spec.run(self, x, self.step_times, class_labels=labels, generator=g,
-                       callback=(lambda d: traj.append(d["x_next"])) if return_trajectory else None)
+                       callback=each_step if return_trajectory or callback is not None else None)
         return (out, traj) if return_trajectory else out
 
 

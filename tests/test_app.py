@@ -14,6 +14,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,66 @@ def test_diversity(client):
     assert "| teacher, 50 steps (reference) |" in full and "| phased-dmd-4s4p |" in full
     with pytest.raises(Exception, match="samples per method must be at least"):
         client.predict("ring-mix", ["dmd-1s"], 4, "pca", 0, True, api_name="/diversity")
+
+
+def _slow_teacher(monkeypatch, calls=None, delay=0.002):
+    """Every teacher velocity call waits ``delay`` s (a 50-step teacher takes at least 50 delays, so the
+    progress is polled while it runs) and is counted in ``calls``."""
+    from pdmd_lab.student import TeacherSampler
+
+    velocity = TeacherSampler.velocity
+
+    def slow(self, x, t, class_labels):
+        if calls is not None:
+            calls.append(len(x))
+        time.sleep(delay)
+        return velocity(self, x, t, class_labels)
+
+    monkeypatch.setattr(TeacherSampler, "velocity", slow)
+
+
+def test_diversity_full_evaluation_reports_progress_and_shares_the_teacher(monkeypatch):
+    """Cold: the 50-step teacher's rows are split over threads, its steps counted in the progress (fraction
+    rising, each description naming what runs); the samples land in Compare's cache under Compare's key."""
+    from app.tabs import diversity as dv
+
+    monkeypatch.setattr(common, "TEACHER_CACHE", common.TeacherCache())
+    monkeypatch.setattr(dv, "POLL_S", 0.005)
+    monkeypatch.setattr(dv, "_workers", lambda: 3)
+    calls = []
+    _slow_teacher(monkeypatch, calls)
+    seen = []
+    _, table = dv.diversity("ring-mix", ["teacher@4", "dmd-1s"], 48, "pca", 0, True,
+                            progress=lambda frac, desc="": seen.append((frac, desc)))
+    assert "**Full evaluation**" in table and "| teacher, 50 steps (reference) |" in table
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1
+    assert any("50-step teacher" in d and "of 50" in d for _, d in seen)  # its steps, as they are done
+    assert set(calls) == {16}  # 48 rows over 3 threads, 16 each (the few-step teacher too)
+    teacher = app_module.get_zoo().models["ring-mix"]["teacher"]
+    entry, cached = app_module.teacher_output("ring-mix", "teacher", "all", 0, 48, teacher.cfg)
+    assert cached  # Compare asking for the same samples gets these
+    labels = torch.arange(48) % teacher.num_classes
+    whole = teacher.sample(labels, seed=0, noise=common._noise(0, 48, teacher.shape))
+    torch.testing.assert_close(entry["x"], whole, atol=1e-5, rtol=1e-5)  # rows split = one batch
+    calls.clear()
+    _, again = dv.diversity("ring-mix", ["teacher@4", "dmd-1s"], 48, "pca", 0, True,
+                            progress=lambda *a, **k: None)
+    assert not calls and again == table  # the next click draws nothing and shows the same numbers
+
+
+def test_diversity_warm_up_fills_the_default_view(monkeypatch):
+    """The app's background warm-up draws what the tab's first view and its full evaluation need."""
+    from app.tabs import diversity as dv
+
+    monkeypatch.setattr(common, "TEACHER_CACHE", common.TeacherCache())
+    assert dv.warm_up("ring-mix") > 0
+    calls = []
+    _slow_teacher(monkeypatch, calls, delay=0)
+    methods = [m for m in dv.DEFAULT_METHODS if m.startswith("teacher") or m in app_module.get_zoo().models["ring-mix"]]
+    _, table = dv.diversity("ring-mix", methods, dv.DEFAULT_N, "pca", 0, True, progress=lambda *a, **k: None)
+    assert not calls and "**Full evaluation**" in table
+    assert all(f"| {m} |" in table for m in methods)
 
 
 def test_class_view(client):

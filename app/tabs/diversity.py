@@ -4,12 +4,16 @@ numbers; and within one class, the teacher's cloud against each model's.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import gradio as gr
 import numpy as np
 import torch
 
+from app import common
 from app.common import (
     MAX_CLASS_N,
     MAX_DIVERSITY_N,
@@ -20,16 +24,157 @@ from app.common import (
     family_of,
     get_zoo,
 )
-from app.tabs.compare import teacher_output
+from app.tabs.compare import _teacher_key, teacher_output
 from app.tabs.phases import _class_update
 from pdmd_lab import metrics, viz
 from pdmd_lab.families import Family
 from pdmd_lab.families.continuous import PRDC_K
 
+DEFAULT_METHODS = ("teacher@4", "dmd-1s", "phased-dmd-4s4p")  # the tab's first view (and the app's warm-up)
+DEFAULT_N = 100
+MAX_WORKERS = 4  # threads a teacher's rows are split over (one per free core, each running one torch thread)
+MIN_CHUNK = 16  # rows per thread at least: smaller batches are not worth a thread
+POLL_S = 0.5  # how often the page's progress is updated while something computes
+SAMPLING_SHARE = 0.85  # of the progress bar: drawing the samples, then embedding and scoring
 
-def diversity(family: str, methods, n_per_method, projection, seed=0, full_metrics=False,
-              progress=gr.Progress(track_tqdm=True)):
-    """Embed samples of several models (classifier features for images) and project them to 2D."""
+
+class _Count:
+    """Sample-steps done of a teacher being drawn: shared with any request waiting for the same samples."""
+
+    def __init__(self):
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def add(self, k: int) -> None:
+        with self._lock:
+            self.done += k
+
+
+_RUNNING: dict[tuple, _Count] = {}  # cache key -> its count, while a teacher's samples are drawn
+
+
+def _workers() -> int:
+    """Threads to split a teacher's rows over: the free cores, each running ``torch.get_num_threads()``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores // max(1, torch.get_num_threads())))
+
+
+def _split_sample(model, labels: torch.Tensor, noise: torch.Tensor, seed: int, count: _Count):
+    """``(samples, ms)``: a deterministic (Euler) teacher's samples, rows split over :func:`_workers` threads
+    (each row depends on its own noise and label only); ``ms`` sums the chunks' times, so it stays comparable
+    with one batch drawn on one core."""
+    n = len(labels)
+    w = max(1, min(_workers(), n // MIN_CHUNK))
+    edges = [round(i * n / w) for i in range(w + 1)]
+
+    def chunk(i):
+        a, b = edges[i], edges[i + 1]
+        t0 = time.perf_counter()
+        x = model.sample(labels[a:b], seed=seed, noise=noise[a:b], callback=lambda d: count.add(b - a))
+        return x, 1000 * (time.perf_counter() - t0)
+
+    if w == 1:
+        return chunk(0)
+    with ThreadPoolExecutor(w, thread_name_prefix="teacher-rows") as pool:
+        parts = list(pool.map(chunk, range(w)))
+    return torch.cat([x for x, _ in parts]), sum(ms for _, ms in parts)
+
+
+def _model_output(family: str, key: str, seed: int, n: int, cfg: float):
+    """``(entry, cached)`` of one model's samples for every class (``arange(n) % classes``) from the seeded
+    noise, kept in :data:`common.TEACHER_CACHE` under Compare's key, so both tabs share them. Teachers are
+    drawn here, rows split over threads (:func:`_split_sample`), with their steps counted in :data:`_RUNNING`;
+    students as Compare draws them (:func:`teacher_output`)."""
+    model = get_zoo().sampler(family, key, cfg)
+    if not key.startswith("teacher") or getattr(model, "sampler", "euler") != "euler":
+        return teacher_output(family, key, "all", seed, n, cfg)
+    ckey = _teacher_key(family, key, "all", seed, n, cfg)
+
+    def compute():
+        labels = torch.arange(n) % model.num_classes
+        noise = _noise(seed, n, model.shape)
+        count = _RUNNING[ckey] = _Count()
+        try:
+            x, ms = _split_sample(model, labels, noise, seed, count)
+            if ms < 1000:  # timed warm, as Compare times a model done in under a second
+                x, ms = _split_sample(model, labels, noise, seed, _Count())
+        finally:
+            _RUNNING.pop(ckey, None)
+        return {"x": x, "ms": ms, "nfe": model.nfe, "labels": labels}
+
+    return common.TEACHER_CACHE.get_or_compute(ckey, compute)
+
+
+def _polled(fn, tick):
+    """``fn()`` run in a thread while this one calls ``tick(seconds)`` every :data:`POLL_S` (the page's
+    progress lives in the request's thread); its exception is raised here."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["out"] = fn()
+        except BaseException as e:  # re-raised in the request's thread
+            box["err"] = e
+
+    worker = threading.Thread(target=run, daemon=True, name="diversity")
+    t0 = time.perf_counter()
+    worker.start()
+    while True:
+        worker.join(POLL_S)
+        if not worker.is_alive():
+            break
+        tick(time.perf_counter() - t0)
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
+def draw_samples(family: str, keys, seed: int, n: int, progress=None) -> dict:
+    """``{key: entry}`` (see :func:`_model_output`) of the models ``keys`` of ``family`` that are built, the
+    few-step ones first, each teacher once; ``progress(fraction, desc)`` is called at least every
+    :data:`POLL_S` seconds while they are drawn, the fraction counting sample-steps (rows x steps)."""
+    z = get_zoo()
+    cfg = z.models[family]["teacher"].cfg
+    models = {k: z.sampler(family, k) for k in dict.fromkeys(keys)}
+    todo = sorted((k for k, m in models.items() if m is not None), key=lambda k: int(models[k].num_steps))
+    cost = {k: n * int(models[k].num_steps) for k in todo
+            if _teacher_key(family, k, "all", seed, n, cfg) not in common.TEACHER_CACHE}
+    total = max(1, sum(cost.values()))
+    out: dict = {}
+    now: list = [None]
+
+    def run():
+        for k in todo:
+            now[0] = k
+            out[k] = _model_output(family, k, seed, n, cfg)[0]
+        return out
+
+    def tick(el):
+        k = now[0]
+        if progress is None or k is None:
+            return
+        counted = _RUNNING.get(_teacher_key(family, k, "all", seed, n, cfg))
+        done = sum(c for j, c in cost.items() if j in out) + (min(counted.done, cost.get(k, 0)) if counted else 0)
+        steps = int(models[k].num_steps)
+        at = f", step {min(steps, counted.done // n + 1)} of {steps}" if counted else ""
+        what = (f"the {steps}-step teacher (the reference of the full evaluation)" if k == "teacher"
+                else f"{k} ({steps} step{'s' if steps != 1 else ''})")
+        progress(SAMPLING_SHARE * done / total,
+                 desc=f"sampling {what}{at}: {el:.0f} s so far; every model's samples are cached for the next click")
+
+    return _polled(run, tick) if cost else run()
+
+
+def diversity(family: str, methods, n_per_method, projection, seed=0, full_metrics=False, progress=gr.Progress()):
+    """Embed samples of several models (classifier features for images) and project them to 2D.
+
+    The full evaluation scores them with the family's metrics against the 50-step teacher from the same noise.
+    Every model's samples come from :data:`common.TEACHER_CACHE` or are drawn once (teachers with their rows
+    split over the free cores) and cached; the page's progress moves at least every :data:`POLL_S` seconds.
+    """
     z = get_zoo()
     _continuous_family(z, family)
     n = _int(n_per_method, "samples per method", 2, MAX_DIVERSITY_N)
@@ -39,44 +184,50 @@ def diversity(family: str, methods, n_per_method, projection, seed=0, full_metri
     methods = [m for m in (methods or []) if m]
     if not methods:
         raise gr.Error("Pick at least one method.")
-    from pdmd_lab.embed import embed, project
-
     teacher = z.models[family]["teacher"]
     labels = torch.arange(n) % teacher.num_classes
-    noise = _noise(seed, n, teacher.shape)
     clf = z.classifiers.get(family)
     if full_metrics and n < max(2 * teacher.num_classes, PRDC_K + 1):
         raise gr.Error(f"samples per method must be at least {max(2 * teacher.num_classes, PRDC_K + 1)} for the "
                        f"full evaluation (two per class, {PRDC_K + 1} for PRDC), got {n}.")
-    feats, names, rows, skipped, samples = [], [], [], [], {}
-    steps = len(methods) + (2 if full_metrics else 0)
-    for j, key in enumerate(methods):
-        progress(j / steps, desc=f"sampling {key}")
-        model = z.sampler(family, key)
-        if model is None:
-            skipped.append(key)
-            continue
-        if key.startswith("teacher"):  # shared with Compare's cache (class "all", same seed and n)
-            entry, _ = teacher_output(family, key, "all", seed, n, teacher.cfg)
-            x, ms = entry["x"], entry["ms"]
-        else:
-            t0 = time.perf_counter()
-            x = model.sample(labels, seed=seed, noise=noise)
-            ms = 1000 * (time.perf_counter() - t0)
+    skipped = [k for k in methods if z.sampler(family, k) is None]
+    if len(skipped) == len(methods):
+        raise gr.Error(f"None of the chosen methods is available for {family}: {', '.join(skipped)}.")
+    keys = [k for k in methods if k not in skipped]
+    entries = draw_samples(family, keys + (["teacher"] if full_metrics else []), seed, n, progress)
+    stage: list = ["embedding"]
+
+    def analyse():
+        return _analyse(family, keys, entries, labels, projection, seed, n, clf, full_metrics, skipped, stage)
+
+    return _polled(analyse, lambda el: progress(
+        SAMPLING_SHARE + (1 - SAMPLING_SHARE) * (0.5 if stage[0] == "scoring" else 0.0),
+        desc=f"{stage[0]}: {el:.0f} s"))
+
+
+def _analyse(family, keys, entries, labels, projection, seed, n, clf, full_metrics, skipped, stage):
+    """The figure and table of :func:`diversity` from the drawn samples (``stage[0]`` names the step)."""
+    from pdmd_lab.embed import embed, project
+
+    z = get_zoo()
+    teacher = z.models[family]["teacher"]
+    feats, names, rows, samples = [], [], [], {}
+    for key in keys:
+        entry = entries[key]
+        x = entry["x"]
         f = embed(clf, x) if clf is not None or x.ndim == 2 else x.reshape(len(x), -1)
         samples[key] = x
         feats.append(f)
         names += [key] * n
         per = {c: f[labels == c] for c in range(teacher.num_classes) if int((labels == c).sum()) >= 2}
-        rows.append((key, model.nfe, ms,
+        rows.append((key, entry["nfe"], entry["ms"],
                      float(np.mean([metrics.pairwise_distance(v) for v in per.values()])) if per else float("nan"),
                      float(np.mean([metrics.pairwise_cosine_similarity(v) for v in per.values()])) if per else
                      float("nan"),
                      float(np.mean([metrics.vendi_score(v, kernel="rbf" if x.ndim == 2 else "cosine",
                                                         **({"bandwidth": 0.5} if x.ndim == 2 else {}))
                                     for v in per.values()])) if per else float("nan")))
-    if not feats:
-        raise gr.Error(f"None of the chosen methods is available for {family}: {', '.join(skipped)}.")
+    stage[0] = f"projecting ({projection.upper()})"
     all_f = torch.cat(feats)
     xy = project(all_f, projection, seed=seed)
     fig = viz.embedding_figure(xy, names, labels.repeat(len(feats)),
@@ -89,13 +240,11 @@ def diversity(family: str, methods, n_per_method, projection, seed=0, full_metri
     if skipped:
         lines.append(f"\nSkipped (not built yet): {', '.join(skipped)}")
     if full_metrics:  # the family scores the samples drawn above against the 50-step teacher's (cached)
+        stage[0] = "scoring"
         fam = family_of(family)
-        progress(len(methods) / steps, desc="full evaluation: the 50-step teacher's samples (the reference; "
-                                             "cached for the next click)")
-        ref, _ = teacher_output(family, "teacher", "all", seed, n, teacher.cfg)
         reference = f"teacher, {z.full_steps(family)} steps (reference)"
-        progress((len(methods) + 1) / steps, desc="full evaluation: scoring")
-        scores = fam.score(family, {reference: ref["x"], **samples}, labels, reference, classifier=clf)
+        scores = fam.score(family, {reference: entries["teacher"]["x"], **samples}, labels, reference,
+                           classifier=clf)
         lines += ["", f"**Full evaluation** (`{fam.name}` family's scores, reference: the {z.full_steps(family)}-step "
                   "teacher from the same noise, so its own row is exact)", "",
                   Family.markdown_table(fam, {"rows": scores}),
@@ -103,6 +252,24 @@ def diversity(family: str, methods, n_per_method, projection, seed=0, full_metri
                   "small n); `pdmd-lab evaluate` and the README's tables use thousands, with the reference drawn "
                   "from other noise."]
     return fig, "\n".join(lines)
+
+
+def warm_up(family: str | None = None) -> float:
+    """Draw the samples of the tab's first view and of its full evaluation (``family``, default the first
+    flow-matching one: :data:`DEFAULT_METHODS` and the 50-step teacher, seed 0, :data:`DEFAULT_N` each) into
+    the cache, so the first click shows them at once; returns the seconds it took. The app runs it in its
+    background warm-up at start (``python -m app.app``); tests do not wait for it."""
+    z = get_zoo()
+    family = family or ("mnist" if "mnist" in z.continuous_families() else
+                        next(iter(z.continuous_families()), None))
+    if family is None:
+        return 0.0
+    t0 = time.perf_counter()
+    try:
+        draw_samples(family, [*DEFAULT_METHODS, "teacher"], 0, DEFAULT_N)
+    except Exception:  # the page reports a failing family with its message
+        return float("nan")
+    return time.perf_counter() - t0
 
 
 def _features(family: str, x: torch.Tensor) -> torch.Tensor:
@@ -198,9 +365,10 @@ def build(ctx) -> None:
         with gr.Row():
             d_family = gr.Dropdown(others, value=default_other, label="family")
             d_methods = gr.CheckboxGroup(["teacher", "teacher@4", *students],
-                                         value=["teacher@4", "dmd-1s", "phased-dmd-4s4p"], label="methods")
+                                         value=[m for m in DEFAULT_METHODS if m.startswith("teacher") or m in students],
+                                         label="methods")
         with gr.Row():
-            d_n = gr.Number(100, label=f"samples per method (2..{MAX_DIVERSITY_N})", precision=None)
+            d_n = gr.Number(DEFAULT_N, label=f"samples per method (2..{MAX_DIVERSITY_N})", precision=None)
             d_proj = gr.Radio(["pca", "tsne"], value="pca", label="projection")
             d_seed = gr.Number(0, label="seed", precision=None)
             d_full = gr.Checkbox(False, label="full evaluation (FD, PRDC, diversity vs the 50-step teacher)")
