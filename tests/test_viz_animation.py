@@ -104,3 +104,29 @@ def test_trajectory_animation_images_and_gif(tmp_path):
         viz.trajectory_animation(traj, [0])
     with pytest.raises(ValueError, match="points"):
         viz.trajectory_animation([torch.zeros(3, 5)] * 2, [0])
+
+
+def test_gif_without_idle_redraws_is_the_same_gif(trajectory_2d, monkeypatch):
+    """``animation_to_gif`` skips matplotlib's idle redraw after each frame (the writer draws each frame itself):
+    the bytes equal those of a save that keeps it, and the canvas gets its own ``draw_idle`` back."""
+    from contextlib import nullcontext
+
+    from pdmd_lab.viz import animation
+
+    traj, experts, labels = trajectory_2d
+
+    def gif():
+        anim = viz.trajectory_animation(traj, experts, gmm=ring_mix(), labels=labels, frames_per_step=2,
+                                        hold_start=1, hold_end=2)
+        canvas = anim._fig.canvas
+        calls = []
+        canvas.draw = lambda *a, _draw=canvas.draw, **k: (calls.append(1), _draw(*a, **k))[1]
+        data = viz.animation_to_gif(anim)
+        assert "draw_idle" not in vars(canvas)  # the class's method again
+        return data, len(calls)
+
+    fast, fast_draws = gif()
+    monkeypatch.setattr(animation, "_no_idle_draw", lambda canvas: nullcontext())
+    slow, slow_draws = gif()
+    assert fast == slow
+    assert slow_draws - fast_draws == 1 + 2 * 4 + 2  # one idle redraw per frame saved
