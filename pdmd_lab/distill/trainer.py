@@ -131,10 +131,12 @@ class Distiller:
         generator = self.student.experts[phase].requires_grad_(True)
         critic = self.method.build_critic(self.init_net, phase).to(self.device).requires_grad_(True).train()
         betas = (0.0, 0.999)  # Phased DMD / DMD2 setting for both nets
+        # foreach (torch's default on GPUs, not on CPUs): the same numbers as the per-tensor loop, bit for
+        # bit, with about a fifth less optimizer time for the small nets trained on a CPU
         trainable = [p for p in generator.parameters() if p.requires_grad]
-        opt_generator = torch.optim.AdamW(trainable, lr=c.lr_generator, betas=betas, weight_decay=0.0)
+        opt_generator = torch.optim.AdamW(trainable, lr=c.lr_generator, betas=betas, weight_decay=0.0, foreach=True)
         opt_critic = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=c.lr_fake,
-                                       betas=betas, weight_decay=0.0)
+                                       betas=betas, weight_decay=0.0, foreach=True)
         return tuple(self.accelerator.prepare(generator, critic, opt_generator, opt_critic))
 
     def _draw(self, it: int, stream: int) -> Draw:
