@@ -8,6 +8,9 @@ check it); only the wall time changes: the longest run's when there are cores fo
 the sum. Single-threaded workers also keep their share of a machine that other jobs are using (one
 process with two threads on two busy cores waits on its slower thread).
 
+:func:`start_all` starts the same workers and returns at once: the caller (a notebook) works on
+while they train, and ``runs.result()`` waits for the students.
+
 Starting nets of oracle teachers come from the shipped ``assets/init`` or the disk cache
 (:func:`pdmd_lab.distill.trainer.oracle_init_net`); a run whose starting net is missing fits it in its
 own worker.
@@ -16,6 +19,7 @@ own worker.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 
 import torch
 
@@ -35,6 +39,36 @@ def distill_all(configs: dict, *, processes: int | None = None, threads: int = 1
     ``processes`` (default: one per run) workers run at once; ``processes = 1`` runs them here, one
     after the other, with this process's thread count. ``threads`` is each worker's torch thread count.
     """
+    return start_all(configs, processes=processes, threads=threads).result()
+
+
+class Runs:
+    """Distillations started by :func:`start_all`; :meth:`result` waits for them."""
+
+    def __init__(self, futures: dict, executor=None):
+        self._futures, self._executor = futures, executor
+
+    def done(self) -> bool:
+        """True when every run has finished (or failed)."""
+        return all(f.done() for f in self._futures.values())
+
+    def result(self) -> dict:
+        """``{name: (student, seconds)}`` in the order given, once all have finished; a failed run raises
+        its error here (after the others have finished)."""
+        try:
+            return {name: fut.result() for name, fut in self._futures.items()}
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+
+def start_all(configs: dict, *, processes: int | None = None, threads: int = 1) -> Runs:
+    """Start :func:`distill_all`'s runs and return at once, while the workers train.
+
+    Bad options raise here, before any worker starts. ``processes = 1`` has no workers: the runs train
+    here, one after the other, before this returns.
+    """
     if not configs:
         raise ValueError("configs is empty: give at least one DistillConfig")
     processes = len(configs) if processes is None else int(processes)
@@ -45,10 +79,13 @@ def distill_all(configs: dict, *, processes: int | None = None, threads: int = 1
     for name, config in configs.items():
         config.build_method()  # a bad option fails here, before any worker starts
     if processes == 1:
-        return {name: _run(config, torch.get_num_threads()) for name, config in configs.items()}
+        futures = {}
+        for name, config in configs.items():
+            futures[name] = Future()
+            futures[name].set_result(_run(config, torch.get_num_threads()))
+        return Runs(futures)
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(min(processes, len(configs)), mp_context=mp.get_context("spawn")) as ex:
-        futures = {name: ex.submit(_run, config, threads) for name, config in configs.items()}
-        return {name: fut.result() for name, fut in futures.items()}
+    ex = ProcessPoolExecutor(min(processes, len(configs)), mp_context=mp.get_context("spawn"))
+    return Runs({name: ex.submit(_run, config, threads) for name, config in configs.items()}, ex)

@@ -1,4 +1,5 @@
-"""``parallel.distill_all``: independent runs in worker processes return the students a sequential loop returns."""
+"""``parallel.distill_all`` / ``start_all``: independent runs in worker processes return the students a sequential
+loop returns."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from pdmd_lab.distill import DistillConfig
-from pdmd_lab.parallel import distill_all
+from pdmd_lab.parallel import distill_all, start_all
 
 
 def _configs():
@@ -20,7 +21,9 @@ def _configs():
 def test_workers_return_the_sequential_students(tmp_path, monkeypatch):
     monkeypatch.setenv("PDMD_CACHE", str(tmp_path))  # the tiny starting net is fitted, not read from a user cache
     sequential = distill_all(_configs(), processes=1)
-    parallel = distill_all(_configs(), processes=2)
+    runs = start_all(_configs(), processes=2)  # returns while the workers train; result() waits for them
+    parallel = runs.result()
+    assert runs.done() and runs.result().keys() == parallel.keys()
     assert list(parallel) == ["dmd", "phased"]
     for name, (student, seconds) in parallel.items():
         assert seconds > 0
@@ -40,3 +43,5 @@ def test_bad_values_fail_before_any_worker():
         distill_all(_configs(), processes=0)
     with pytest.raises(ValueError, match="threads"):
         distill_all(_configs(), threads=0)
+    with pytest.raises(ValueError, match="processes"):
+        start_all(_configs(), processes=-1)
