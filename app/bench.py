@@ -50,13 +50,22 @@ def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"the app did not serve {url} within {timeout:.0f} s")
 
 
-def _defaults(family: str) -> tuple:
-    """The default Compare request of ``family``: (class, seed, n, cfg, steps), as the page fills it in."""
-    from app import common
+def _shown_families(url: str) -> list[str]:
+    """The Compare family dropdown's choices, from the running app's page config (nothing loaded here)."""
+    import httpx
 
-    z = common.get_zoo()
-    k = z.default_steps(family)
-    return "all", 0, common._sample_limits(family)[1], z.models[family]["teacher"].cfg, (None if k is None else str(k))
+    config = httpx.get(url + "config", timeout=30).json()
+    for c in config["components"]:
+        if c.get("props", {}).get("elem_id") == "family-dd":
+            return [ch[1] if isinstance(ch, (list, tuple)) else ch for ch in c["props"]["choices"]]
+    raise RuntimeError("the app's page has no family dropdown (elem_id family-dd)")
+
+
+def _defaults(client, family: str) -> tuple:
+    """The default Compare request of ``family``, (class, seed, n, cfg, steps), as the page fills it in when
+    the family is picked (the app's ``/compare_controls``)."""
+    steps, count, cfg, klass = client.predict(family, api_name="/compare_controls")[:4]
+    return klass["value"], 0, count["value"], cfg["value"], steps["value"]
 
 
 def _panel_urls(update) -> list[str]:
@@ -89,8 +98,6 @@ def run(families=None, *, wait: float = 30.0, repeats: int = 3, threads: int = 1
     import httpx
     from gradio_client import Client
 
-    from app import common
-
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     start = time.time()
@@ -101,20 +108,21 @@ def run(families=None, *, wait: float = 30.0, repeats: int = 3, threads: int = 1
         _wait_until_up(url, proc, timeout=600)
         up = time.time() - start
         progress(f"app serving after {up:.1f} s; waiting until {wait:.0f} s after start")
-        shown = common.get_zoo().families  # the same shipped models as the app's, loaded here for the defaults
+        shown = _shown_families(url)
         families = [f for f in (families or shown) if f in shown]
-        time.sleep(max(0.0, wait - (time.time() - start)))
         client = Client(url, verbose=False, download_files=False)
+        requests = {f: _defaults(client, f) for f in families}
+        time.sleep(max(0.0, wait - (time.time() - start)))
         http = httpx.Client(timeout=60)
         rows = {}
         for family in families:
-            request = _defaults(family)
+            request = requests[family]
             since = time.time() - start
             first = click(client, family, request, http)
             rows[family] = {"n": request[2], "first_click_at_s": round(since, 1), "first": first}
             progress(f"{family}: first click {rows[family]['first']}")
         for family in families:
-            request = _defaults(family)
+            request = requests[family]
             again = [click(client, family, request, http) for _ in range(repeats)]
             rows[family]["repeated"] = {k: statistics.median(a[k] for a in again) for k in again[0]}
             progress(f"{family}: repeated click (median of {repeats}) {rows[family]['repeated']}")
