@@ -233,6 +233,21 @@ def test_diversity_warm_up_fills_the_default_view(monkeypatch):
     assert all(f"| {m} |" in table for m in methods)
 
 
+def test_class_view_reports_progress(monkeypatch):
+    from app.tabs import diversity as dv
+
+    monkeypatch.setattr(common, "TEACHER_CACHE", common.TeacherCache())
+    monkeypatch.setattr(dv, "POLL_S", 0.005)
+    _slow_teacher(monkeypatch)
+    seen = []
+    _, table = dv.class_view("ring-mix", ["dmd-1s"], "2", 24, "pca", 0,
+                             progress=lambda frac, desc="": seen.append((frac, desc)))
+    assert "computed now" in table and "| dmd-1s |" in table
+    assert any("50-step teacher" in d and "of 50" in d for _, d in seen)
+    _, again = dv.class_view("ring-mix", ["dmd-1s"], "2", 24, "pca", 0, progress=lambda *a, **k: None)
+    assert "from the cache" in again
+
+
 def test_class_view(client):
     fig, table = client.predict("ring-mix", ["dmd-1s", "phased-dmd-4s4p"], "1", 24, "pca", 0, api_name="/class_view")
     assert fig and "| dmd-1s |" in table and "| phased-dmd-4s4p |" in table and "coverage" in table

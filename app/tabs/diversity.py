@@ -20,6 +20,7 @@ from app.common import (
     SEED_MAX,
     _continuous_family,
     _int,
+    _labels,
     _noise,
     family_of,
     get_zoo,
@@ -83,18 +84,18 @@ def _split_sample(model, labels: torch.Tensor, noise: torch.Tensor, seed: int, c
     return torch.cat([x for x, _ in parts]), sum(ms for _, ms in parts)
 
 
-def _model_output(family: str, key: str, seed: int, n: int, cfg: float):
-    """``(entry, cached)`` of one model's samples for every class (``arange(n) % classes``) from the seeded
-    noise, kept in :data:`common.TEACHER_CACHE` under Compare's key, so both tabs share them. Teachers are
-    drawn here, rows split over threads (:func:`_split_sample`), with their steps counted in :data:`_RUNNING`;
-    students as Compare draws them (:func:`teacher_output`)."""
+def _model_output(family: str, key: str, seed: int, n: int, cfg: float, class_choice="all"):
+    """``(entry, cached)`` of one model's samples of ``class_choice`` (``all``: ``arange(n) % classes``) from
+    the seeded noise, kept in :data:`common.TEACHER_CACHE` under Compare's key, so both tabs share them.
+    Teachers are drawn here, rows split over threads (:func:`_split_sample`), with their steps counted in
+    :data:`_RUNNING`; students as Compare draws them (:func:`teacher_output`)."""
     model = get_zoo().sampler(family, key, cfg)
     if not key.startswith("teacher") or getattr(model, "sampler", "euler") != "euler":
-        return teacher_output(family, key, "all", seed, n, cfg)
-    ckey = _teacher_key(family, key, "all", seed, n, cfg)
+        return teacher_output(family, key, class_choice, seed, n, cfg)
+    ckey = _teacher_key(family, key, class_choice, seed, n, cfg)
 
     def compute():
-        labels = torch.arange(n) % model.num_classes
+        labels = _labels(class_choice, n, model.num_classes)
         noise = _noise(seed, n, model.shape)
         count = _RUNNING[ckey] = _Count()
         try:
@@ -132,16 +133,17 @@ def _polled(fn, tick):
     return box["out"]
 
 
-def draw_samples(family: str, keys, seed: int, n: int, progress=None) -> dict:
+def draw_samples(family: str, keys, seed: int, n: int, progress=None, class_choice="all") -> dict:
     """``{key: entry}`` (see :func:`_model_output`) of the models ``keys`` of ``family`` that are built, the
     few-step ones first, each teacher once; ``progress(fraction, desc)`` is called at least every
-    :data:`POLL_S` seconds while they are drawn, the fraction counting sample-steps (rows x steps)."""
+    :data:`POLL_S` seconds while they are drawn, the fraction counting sample-steps (rows x steps). An entry
+    found in the cache holds ``"cached": True``."""
     z = get_zoo()
     cfg = z.models[family]["teacher"].cfg
     models = {k: z.sampler(family, k) for k in dict.fromkeys(keys)}
     todo = sorted((k for k, m in models.items() if m is not None), key=lambda k: int(models[k].num_steps))
     cost = {k: n * int(models[k].num_steps) for k in todo
-            if _teacher_key(family, k, "all", seed, n, cfg) not in common.TEACHER_CACHE}
+            if _teacher_key(family, k, class_choice, seed, n, cfg) not in common.TEACHER_CACHE}
     total = max(1, sum(cost.values()))
     out: dict = {}
     now: list = [None]
@@ -149,18 +151,19 @@ def draw_samples(family: str, keys, seed: int, n: int, progress=None) -> dict:
     def run():
         for k in todo:
             now[0] = k
-            out[k] = _model_output(family, k, seed, n, cfg)[0]
+            entry, cached = _model_output(family, k, seed, n, cfg, class_choice)
+            out[k] = {**entry, "cached": cached}
         return out
 
     def tick(el):
         k = now[0]
         if progress is None or k is None:
             return
-        counted = _RUNNING.get(_teacher_key(family, k, "all", seed, n, cfg))
+        counted = _RUNNING.get(_teacher_key(family, k, class_choice, seed, n, cfg))
         done = sum(c for j, c in cost.items() if j in out) + (min(counted.done, cost.get(k, 0)) if counted else 0)
         steps = int(models[k].num_steps)
         at = f", step {min(steps, counted.done // n + 1)} of {steps}" if counted else ""
-        what = (f"the {steps}-step teacher (the reference of the full evaluation)" if k == "teacher"
+        what = (f"the {steps}-step teacher (the reference)" if k == "teacher"
                 else f"{k} ({steps} step{'s' if steps != 1 else ''})")
         progress(SAMPLING_SHARE * done / total,
                  desc=f"sampling {what}{at}: {el:.0f} s so far; every model's samples are cached for the next click")
@@ -292,13 +295,13 @@ def class_scores(ref: torch.Tensor, f: torch.Tensor, image: bool) -> dict[str, f
             "coverage": metrics.prdc(ref, f, k=k)["coverage"], "Vendi": vendi}
 
 
-def class_view(family: str, methods, class_choice, n_per_method, projection, seed=0):
+def class_view(family: str, methods, class_choice, n_per_method, projection, seed=0, progress=gr.Progress()):
     """Within one class: the 50-step teacher's cloud against each chosen model's, with numbers.
 
-    ``n_per_method`` samples of the class per model (the teacher's from :data:`app.common.TEACHER_CACHE`),
-    embedded (classifier features for images, the points themselves in 2D), projected together
-    for images (PCA or t-SNE), one panel per model with its spread / coverage / Vendi measured in
-    feature space against the teacher's.
+    ``n_per_method`` samples of the class per model (drawn by :func:`draw_samples`, with progress, and kept
+    in :data:`app.common.TEACHER_CACHE`), embedded (classifier features for images, the points themselves in
+    2D), projected together for images (PCA or t-SNE), one panel per model with its spread / coverage /
+    Vendi measured in feature space against the teacher's.
     """
     from pdmd_lab.embed import project
 
@@ -313,19 +316,13 @@ def class_view(family: str, methods, class_choice, n_per_method, projection, see
     methods = [m for m in (methods or []) if m and m != "teacher"]
     if not methods:
         raise gr.Error("Pick at least one model besides the teacher.")
-    entry, cached = teacher_output(family, "teacher", str(c), seed, n, teacher.cfg)
-    labels = entry["labels"]
-    noise = _noise(seed, n, teacher.shape)
-    feats = {"teacher": _features(family, entry["x"])}
-    skipped = []
-    for key in methods:
-        model = z.sampler(family, key)
-        if model is None:
-            skipped.append(key)
-            continue
-        feats[key] = _features(family, model.sample(labels, seed=seed, noise=noise))
-    if len(feats) < 2:
+    skipped = [k for k in methods if z.sampler(family, k) is None]
+    if len(skipped) == len(methods):
         raise gr.Error(f"None of the chosen models is available for {family}: {', '.join(skipped)}.")
+    keys = ["teacher", *[k for k in methods if k not in skipped]]  # the panels' order
+    entries = draw_samples(family, keys, seed, n, progress, class_choice=str(c))
+    entry, cached = entries["teacher"], entries["teacher"]["cached"]
+    feats = {k: _features(family, entries[k]["x"]) for k in keys}
     image = entry["x"].ndim > 2
     names = list(feats)
     if image:
