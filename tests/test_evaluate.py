@@ -66,6 +66,23 @@ def test_score_samples_sees_collapse():
     assert s["collapsed"]["energy_distance"] > s["other"]["energy_distance"]
 
 
+def test_score_takes_features_computed_already():
+    """The app passes the features it embedded: the same numbers, and they are what is scored."""
+    from pdmd_lab.families import get_family
+
+    fam, ds = get_family("ring-mix"), get_dataset("ring-mix")
+    labels = torch.arange(120) % ds.num_classes
+    ref, other = (ds.gmm.sample(len(labels), seed=s, labels=labels)[0].float() for s in (0, 1))
+    sets = {"ref": ref, "other": other}
+    plain = fam.score("ring-mix", sets, labels, "ref")
+    feats = {k: fam.features("ring-mix", v) for k, v in sets.items()}
+    given = fam.score("ring-mix", sets, labels, "ref", features=feats)
+    assert given == plain
+    shifted = fam.score("ring-mix", sets, labels, "ref", features={"other": other + 5.0})
+    assert shifted["other"]["recall"] < plain["other"]["recall"]  # the given features were scored (PRDC on them)
+    assert shifted["ref"] == plain["ref"]
+
+
 def test_bad_input(tiny_students):
     with pytest.raises(ValueError, match="empty"):
         E.evaluate_models([], progress=False)

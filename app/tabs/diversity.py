@@ -64,7 +64,7 @@ def _workers() -> int:
 
 
 def _split_sample(model, labels: torch.Tensor, noise: torch.Tensor, seed: int, count: _Count):
-    """``(samples, ms)``: a deterministic (Euler) teacher's samples, rows split over :func:`_workers` threads
+    """``(samples, ms)``: a deterministic (Euler) model's samples, rows split over :func:`_workers` threads
     (each row depends on its own noise and label only); ``ms`` sums the chunks' times, so it stays comparable
     with one batch drawn on one core."""
     n = len(labels)
@@ -87,10 +87,11 @@ def _split_sample(model, labels: torch.Tensor, noise: torch.Tensor, seed: int, c
 def _model_output(family: str, key: str, seed: int, n: int, cfg: float, class_choice="all"):
     """``(entry, cached)`` of one model's samples of ``class_choice`` (``all``: ``arange(n) % classes``) from
     the seeded noise, kept in :data:`common.TEACHER_CACHE` under Compare's key, so both tabs share them.
-    Teachers are drawn here, rows split over threads (:func:`_split_sample`), with their steps counted in
-    :data:`_RUNNING`; students as Compare draws them (:func:`teacher_output`)."""
+    Euler models (the teachers, most students) are drawn here, rows split over threads (:func:`_split_sample`),
+    their steps counted in :data:`_RUNNING`, timed once (the zoo ran every network once at load); the others
+    (a re-noising sampler draws noise for the whole batch) as Compare draws them (:func:`teacher_output`)."""
     model = get_zoo().sampler(family, key, cfg)
-    if not key.startswith("teacher") or getattr(model, "sampler", "euler") != "euler":
+    if getattr(model, "sampler", "euler") != "euler":
         return teacher_output(family, key, class_choice, seed, n, cfg)
     ckey = _teacher_key(family, key, class_choice, seed, n, cfg)
 
@@ -100,8 +101,6 @@ def _model_output(family: str, key: str, seed: int, n: int, cfg: float, class_ch
         count = _RUNNING[ckey] = _Count()
         try:
             x, ms = _split_sample(model, labels, noise, seed, count)
-            if ms < 1000:  # timed warm, as Compare times a model done in under a second
-                x, ms = _split_sample(model, labels, noise, seed, _Count())
         finally:
             _RUNNING.pop(ckey, None)
         return {"x": x, "ms": ms, "nfe": model.nfe, "labels": labels}
@@ -210,15 +209,16 @@ def diversity(family: str, methods, n_per_method, projection, seed=0, full_metri
 
 def _analyse(family, keys, entries, labels, projection, seed, n, clf, full_metrics, skipped, stage):
     """The figure and table of :func:`diversity` from the drawn samples (``stage[0]`` names the step)."""
-    from pdmd_lab.embed import embed, project
+    from pdmd_lab.embed import project
 
     z = get_zoo()
     teacher = z.models[family]["teacher"]
-    feats, names, rows, samples = [], [], [], {}
+    fam = family_of(family)
+    feats, names, rows, samples, by_key = [], [], [], {}, {}
     for key in keys:
         entry = entries[key]
         x = entry["x"]
-        f = embed(clf, x) if clf is not None or x.ndim == 2 else x.reshape(len(x), -1)
+        f = by_key[key] = fam.features(family, x, clf)  # classifier features (images), the points (2D)
         samples[key] = x
         feats.append(f)
         names += [key] * n
@@ -244,10 +244,11 @@ def _analyse(family, keys, entries, labels, projection, seed, n, clf, full_metri
         lines.append(f"\nSkipped (not built yet): {', '.join(skipped)}")
     if full_metrics:  # the family scores the samples drawn above against the 50-step teacher's (cached)
         stage[0] = "scoring"
-        fam = family_of(family)
         reference = f"teacher, {z.full_steps(family)} steps (reference)"
+        if "teacher" in by_key:
+            by_key[reference] = by_key["teacher"]
         scores = fam.score(family, {reference: entries["teacher"]["x"], **samples}, labels, reference,
-                           classifier=clf)
+                           classifier=clf, features=by_key)
         lines += ["", f"**Full evaluation** (`{fam.name}` family's scores, reference: the {z.full_steps(family)}-step "
                   "teacher from the same noise, so its own row is exact)", "",
                   Family.markdown_table(fam, {"rows": scores}),

@@ -135,12 +135,14 @@ class ContinuousFamily(Family):
         return None
 
     def score(self, dataset, samples_by_name: dict, labels, reference_name: str, *, classifier=None,
-              k: int = PRDC_K) -> dict:
+              k: int = PRDC_K, features: dict | None = None) -> dict:
         """Score sample sets of one dataset against the reference set ``samples_by_name[reference_name]``.
 
         ``labels`` are the classes every set was asked for (same for all). Returns ``{name: {metric: value}}``;
-        the reference's own entry compares it with itself.
+        the reference's own entry compares it with itself. ``features``: ``{name: self.features(...)}`` of some
+        sets computed already (the app's embedding), not computed again.
         """
+        features = features or {}
         ds = self.dataset(dataset)
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if reference_name not in samples_by_name:
@@ -151,13 +153,14 @@ class ContinuousFamily(Family):
             if len(x) != n:
                 raise ValueError(f"samples of {name!r}: {len(x)} samples for {n} labels")
         ref_x = torch.as_tensor(samples_by_name[reference_name]).float()
-        ref_f = self.features(ds, ref_x, classifier)
+        ref_f = features[reference_name] if reference_name in features else self.features(ds, ref_x, classifier)
         ref_div = self.diversity_of(ds, ref_f, labels)
         state = self.reference_state(ds, ref_x, labels)
         out = {}
         for name, x in samples_by_name.items():
             x = torch.as_tensor(x).float()
-            f = ref_f if name == reference_name else self.features(ds, x, classifier)
+            f = (ref_f if name == reference_name else features[name] if name in features
+                 else self.features(ds, x, classifier))
             row = self.fidelity(ds, x, f, labels, ref_x, ref_f, classifier=classifier, reference_state=state)
             row.update(metrics.prdc(ref_f, f, k=k))
             for key, v in self.diversity_of(ds, f, labels).items():
