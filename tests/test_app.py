@@ -219,6 +219,22 @@ def test_diversity_full_evaluation_reports_progress_and_shares_the_teacher(monke
     assert not calls and again == table  # the next click draws nothing and shows the same numbers
 
 
+def test_diversity_progress_reaches_the_page(client, monkeypatch):
+    """Through the API: while the 50-step teacher is drawn, the page gets progress with a description."""
+    from app.tabs import diversity as dv
+
+    monkeypatch.setattr(common, "TEACHER_CACHE", common.TeacherCache())
+    monkeypatch.setattr(dv, "POLL_S", 0.01)
+    _slow_teacher(monkeypatch, delay=0.03)  # the teacher takes at least 1.5 s: the client sees it running
+    job = client.submit("ring-mix", ["dmd-1s"], 40, "pca", 0, True, api_name="/diversity")
+    descs = set()
+    while not job.done():
+        descs |= {p.desc for p in (job.status().progress_data or []) if p.desc}
+        time.sleep(0.02)
+    assert "**Full evaluation**" in job.result()[1]
+    assert any("50-step teacher" in d for d in descs)
+
+
 def test_diversity_warm_up_fills_the_default_view(monkeypatch):
     """The app's background warm-up draws what the tab's first view and its full evaluation need."""
     from app.tabs import diversity as dv
