@@ -276,6 +276,11 @@ class TeacherCache:
         with self._lock:
             self._data.clear()
 
+    def items(self) -> list:
+        """A snapshot of the ``(key, value)`` pairs, least recently used first."""
+        with self._lock:
+            return list(self._data.items())
+
     def get_or_compute(self, key, fn):
         while True:
             with self._lock:

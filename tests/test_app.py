@@ -219,6 +219,24 @@ def test_diversity_full_evaluation_reports_progress_and_shares_the_teacher(monke
     assert not calls and again == table  # the next click draws nothing and shows the same numbers
 
 
+def test_diversity_extends_samples_drawn_for_fewer(monkeypatch):
+    """Compare drew 16 samples of the request: Diversity's 48 draw only the 32 others (same noise rows)."""
+    from app.tabs import diversity as dv
+
+    monkeypatch.setattr(common, "TEACHER_CACHE", common.TeacherCache())
+    monkeypatch.setattr(dv, "_workers", lambda: 1)
+    teacher = app_module.get_zoo().models["ring-mix"]["teacher"]
+    head, _ = app_module.teacher_output("ring-mix", "teacher", "all", 0, 16, teacher.cfg)
+    calls = []
+    _slow_teacher(monkeypatch, calls, delay=0)
+    x = dv.draw_samples("ring-mix", ["teacher"], 0, 48)["teacher"]["x"]
+    assert calls == [32] * 50
+    assert torch.equal(x[:16], head["x"])
+    labels = torch.arange(48) % teacher.num_classes
+    whole = teacher.sample(labels, seed=0, noise=common._noise(0, 48, teacher.shape))
+    torch.testing.assert_close(x, whole, atol=1e-5, rtol=1e-5)
+
+
 def test_diversity_progress_reaches_the_page(client, monkeypatch):
     """Through the API: while the 50-step teacher is drawn, the page gets progress with a description."""
     from app.tabs import diversity as dv

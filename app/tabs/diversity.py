@@ -99,13 +99,27 @@ def _model_output(family: str, key: str, seed: int, n: int, cfg: float, class_ch
         labels = _labels(class_choice, n, model.num_classes)
         noise = _noise(seed, n, model.shape)
         count = _RUNNING[ckey] = _Count()
+        head = _cached_head(ckey)  # rows drawn already for fewer samples of the same request (same noise)
+        start = 0 if head is None else len(head["x"])
+        count.add(start * int(model.num_steps))
         try:
-            x, ms = _split_sample(model, labels, noise, seed, count)
+            x, ms = _split_sample(model, labels[start:], noise[start:], seed, count)
         finally:
             _RUNNING.pop(ckey, None)
+        if head is not None:
+            x, ms = torch.cat([head["x"], x]), head["ms"] + ms
         return {"x": x, "ms": ms, "nfe": model.nfe, "labels": labels}
 
     return common.TEACHER_CACHE.get_or_compute(ckey, compute)
+
+
+def _cached_head(ckey: tuple) -> dict | None:
+    """The cached entry of the request ``ckey`` with the most samples under its ``n``, or None. Noise is drawn
+    row by row from the seed and labels cycle from 0, so its rows are the first rows of ``ckey``'s."""
+    *same, n, cfg = ckey
+    heads = [v for k, v in common.TEACHER_CACHE.items()
+             if len(k) == len(ckey) and [*k[:-2], k[-1]] == [*same, cfg] and k[-2] < n and "x" in v]
+    return max(heads, key=lambda v: len(v["x"]), default=None)
 
 
 def _polled(fn, tick):
