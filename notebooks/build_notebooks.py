@@ -468,11 +468,12 @@ NB03 = [
 Distribution Matching Distillation minimises a *reverse* KL between the student and the (CFG-guided) teacher. Reverse KL
 is mode-seeking: a student that drops a mode pays little. On `ring-mix` (8 modes on a ring, 4 classes of 3 modes
 with weights 0.5 / 0.3 / 0.2) we can count modes exactly. We distill the **oracle** teacher (exact mixture velocity)
-live with three methods, compare their samples and mode coverage with the teacher's, look at how CFG changes what
-the teacher itself covers, and follow a Phased DMD sample through its experts."""),
+live with three methods; while they train, we look at how CFG changes what the teacher itself covers and at the
+shipped students; then we compare the live students' samples and mode coverage with the teacher's, and follow a
+Phased DMD sample through its experts."""),
     ("code", IMPORTS + """
 from pdmd_lab.distill import METHODS, DistillConfig
-from pdmd_lab.parallel import distill_all
+from pdmd_lab.parallel import start_all
 
 ITERS = 20 if FAST else 300
 N = 2000
@@ -515,9 +516,10 @@ it travels with the kit (`assets/init`), so `distill` loads it instead of fittin
 
 `iters` generator updates in total (Phased DMD splits them over the phases). The methods come from the
 registry `pdmd_lab.distill.METHODS` (listed first); `DistillConfig.from_flat` routes a method's own options, such
-as Phased DMD's `phases`, to the method. The three runs are independent, so `pdmd_lab.parallel.distill_all` trains
+as Phased DMD's `phases`, to the method. The three runs are independent, so `pdmd_lab.parallel.start_all` trains
 them side by side, one single-threaded worker process each (each run is `distill(config)`; the students are the ones
-a loop of `distill` calls returns, only sooner)."""),
+a loop of `distill` calls returns, only sooner), and returns at once: the next two sections need only the teacher
+and the shipped students, and run while the workers train. `runs.result()` waits for the students further down."""),
     ("code", """for name, cls in METHODS.items():
     print(f"{name:20s} {cls.summary}")
 common = dict(teacher="oracle:ring-mix", cfg=3.0, iters=ITERS, batch_size=256, lr_generator=1e-3, lr_fake=1e-3,
@@ -525,24 +527,23 @@ common = dict(teacher="oracle:ring-mix", cfg=3.0, iters=ITERS, batch_size=256, l
 runs = {"DMD 1-step": dict(method="dmd", steps=1),
         "DMD2-SGTS 4-step": dict(method="dmd2-sgts", steps=4),
         "Phased DMD 4s/4p": dict(method="phased-dmd", steps=4, phases=4)}
-t0 = time.perf_counter()
 configs = {name: DistillConfig.from_flat(**common, **spec) for name, spec in runs.items()}
-trained = distill_all(configs, processes=1 if FAST else None)  # the tests' 20-iteration runs: no worker start-up
-students = {name: student for name, (student, _) in trained.items()}
-for name, (student, seconds) in trained.items():
-    print(f"{name}: {student.describe()}, trained in {seconds:.0f} s")
-print(f"the three runs side by side: {time.perf_counter() - t0:.0f} s of wall time")"""),
-    ("md", """## Samples per class
+kernel_threads = torch.get_num_threads()
+torch.set_num_threads(1)  # while the workers train, this kernel takes no more than its share of the cores
+t0 = time.perf_counter()
+live = start_all(configs, processes=1 if FAST else None)  # the tests' 20-iteration runs: here, no workers
+print(f"training {', '.join(configs)}", "(done)" if live.done() else "in the background")"""),
+    ("md", """## The real score's CFG scale and collapse
 
-Same class labels and seeds for every method. Black crosses are the 8 modes with their 3-std circles."""),
-    ("code", """samples = {"teacher": (x_teacher, labels)}
-samples.update({name: (st.sample(labels, seed=0), labels) for name, st in students.items()})
-viz.scatter_figure(samples, gmm, title="live-distilled students vs teacher (classes coloured)")"""),
-    ("md", """## Mode coverage
+The distillation target is the *guided* teacher. Guidance already moves mass toward each class's most
+class-specific mode: the shared modes (the light 0.2 mode of one class is the heavy 0.5 mode of its neighbour) are
+penalised by `v_u + w (v_c - v_u)` for `w > 1`. Below, the teacher itself at CFG 1, 3 and 6, its coverage and its KL
+to the *data's* mode weights: the higher the scale, the fewer modes the target has, before any distillation.
 
 `metrics.mode_coverage` counts, per class, the expected modes that hold at least 2% of that class's samples
 (within 3 stds), the share of samples near any mode (`high_quality`), and the KL of the class's mode histogram
-against the teacher's (`reference_weights`). A collapsed student covers fewer modes and has a large KL."""),
+against reference weights (here the data's; for the students below, the teacher's). A collapsed model covers fewer
+modes and has a large KL."""),
     ("code", MD_TABLE_HELPER + """
 
 from IPython.display import Markdown, display
@@ -552,15 +553,7 @@ def coverage_row(x, lab):
     return {"modes covered": f"{cov['modes_covered']}/{cov['modes_expected']}", "coverage": cov["coverage"],
             "high quality": cov["high_quality"], "KL vs teacher": cov["kl"]}
 
-table = {name: coverage_row(x, lab) for name, (x, lab) in samples.items()}
-display(Markdown(markdown_table(table, ["modes covered", "coverage", "high quality", "KL vs teacher"])))"""),
-    ("md", """## The real score's CFG scale and collapse
-
-The distillation target is the *guided* teacher. Guidance already moves mass toward each class's most
-class-specific mode: the shared modes (the light 0.2 mode of one class is the heavy 0.5 mode of its neighbour) are
-penalised by `v_u + w (v_c - v_u)` for `w > 1`. Below, the teacher itself at CFG 1, 3 and 6, its coverage and its KL
-to the *data's* mode weights: the higher the scale, the fewer modes the target has, before any distillation."""),
-    ("code", """cfg_samples, cfg_table = {}, {}
+cfg_samples, cfg_table = {}, {}
 for w in (1.0, 3.0, 6.0):
     x_w = teacher_samples(w)
     cfg_samples[f"teacher CFG {w:g}"] = (x_w, labels)
@@ -569,6 +562,58 @@ for w in (1.0, 3.0, 6.0):
                                        "coverage": cov["coverage"], "KL vs data": cov["kl"]}
 display(Markdown(markdown_table(cfg_table, ["modes covered", "coverage", "KL vs data"])))
 viz.scatter_figure(cfg_samples, gmm)"""),
+    ("md", """## The shipped ring-mix students
+
+`assets/models/ring-mix/` holds students distilled the same way but longer (600 generator updates). They load by name
+with `zoo.load`; below all that are present, with the same labels and seed, and their coverage against the CFG 3
+teacher's mode histogram."""),
+    ("code", """shipped = [n for n in zoo.list_models() if n.startswith("ring-mix/") and n != "ring-mix/teacher"]
+print("shipped:", shipped)
+shipped_models = {name.split("/")[1]: zoo.load(name) for name in shipped}
+shipped_samples = {"teacher": (x_teacher, labels)}
+shipped_samples.update({name: (m.sample(labels, seed=0), labels) for name, m in shipped_models.items()})
+shipped_table = {name: coverage_row(x, lab) for name, (x, lab) in shipped_samples.items()}
+display(Markdown(markdown_table(shipped_table, ["modes covered", "coverage", "high quality", "KL vs teacher"])))
+viz.scatter_figure(shipped_samples, gmm, max_cols=6)"""),
+    ("md", """### Where collapse comes from: exit step by exit step
+
+DMD2-SGTS trains **one** fake score on the mix of all its exit steps (each rollout stops at a random step j and
+judges that step's `x0` prediction), so nothing asks a single exit to match the teacher: the exits can specialise
+while their mix matches. `pdmd_lab.collapse` runs a student once and keeps every step's `x0` prediction; the
+table gives each class's share on its own mode and on modes it shares with a neighbour (the same view as
+`pdmd-lab figures --per-exit`). Phased DMD's experts hand on states at their phase ends, so only its last
+experts' `x0` estimates compare."""),
+    ("code", """from pdmd_lab import collapse
+
+for name in ["ring-mix/dmd2-sgts-4s", "ring-mix/phased-dmd-4s4p"]:
+    short = name.split("/")[1]
+    model = shipped_models[short] if short in shipped_models else zoo.load(name)
+    fig, rows = collapse.per_exit_figure(model, "ring-mix", n=1000, title=name)
+    for r in rows:
+        print(f"{name} exit {r['exit']} (expert {r['expert']}): own {r['own_share']:.2f}, "
+              f"shared {r['shared_share']:.2f}, KL {r['mode_kl']:.3f}")
+    display(fig)"""),
+    ("md", """## The live students
+
+`live.result()` waits for the three runs (the sections above ran meanwhile) and returns each student with its
+training time."""),
+    ("code", """trained = live.result()
+torch.set_num_threads(kernel_threads)  # the cores are free again
+students = {name: student for name, (student, _) in trained.items()}
+for name, (student, seconds) in trained.items():
+    print(f"{name}: {student.describe()}, trained in {seconds:.0f} s")
+print(f"the three runs side by side: {time.perf_counter() - t0:.0f} s of wall time from their start")"""),
+    ("md", """### Samples per class
+
+Same class labels and seeds for every method. Black crosses are the 8 modes with their 3-std circles."""),
+    ("code", """samples = {"teacher": (x_teacher, labels)}
+samples.update({name: (st.sample(labels, seed=0), labels) for name, st in students.items()})
+viz.scatter_figure(samples, gmm, title="live-distilled students vs teacher (classes coloured)")"""),
+    ("md", """### Mode coverage
+
+The same table as for the shipped students: coverage and KL against the CFG 3 teacher's mode histogram."""),
+    ("code", """table = {name: coverage_row(x, lab) for name, (x, lab) in samples.items()}
+display(Markdown(markdown_table(table, ["modes covered", "coverage", "high quality", "KL vs teacher"])))"""),
     ("md", """## Phase by phase
 
 A Phased DMD student is a mixture of experts routed by time: the step starting at `t ∈ (t_k, t_{k-1}]` uses expert
@@ -594,24 +639,12 @@ last frames colour the outputs by class. `viz.trajectory_animation` builds a mat
     ("code", """anim = viz.trajectory_animation([x[:120] for x in traj], experts_used, gmm=gmm, labels=lab_small[:120],
                                 step_times=pd.step_times, title="Phased DMD 4s/4p, live-distilled")
 Image(data=viz.animation_to_gif(anim), format="gif")"""),
-    ("md", """## The shipped ring-mix students
-
-`assets/models/ring-mix/` holds students distilled the same way but longer (600 generator updates). They load by name
-with `zoo.load`; below all that are present, with the same labels and seed, and their coverage table."""),
-    ("code", """shipped = [n for n in zoo.list_models() if n.startswith("ring-mix/") and n != "ring-mix/teacher"]
-print("shipped:", shipped)
-shipped_models = {name.split("/")[1]: zoo.load(name) for name in shipped}
-shipped_samples = {"teacher": (x_teacher, labels)}
-shipped_samples.update({name: (m.sample(labels, seed=0), labels) for name, m in shipped_models.items()})
-shipped_table = {name: coverage_row(x, lab) for name, (x, lab) in shipped_samples.items()}
-display(Markdown(markdown_table(shipped_table, ["modes covered", "coverage", "high quality", "KL vs teacher"])))
-viz.scatter_figure(shipped_samples, gmm, max_cols=6)"""),
     ("md", """**Reading the results.** A 1-step DMD student has to map all of the noise to the modes in one jump, and
 its reverse-KL objective lets it drop light modes, so its KL to the teacher is typically the largest. DMD2-SGTS
 spreads the work over 4 steps of one network. Phased DMD gives every SNR subinterval its own expert and trains each
 against the correct (diffused) target, so the low-SNR expert decides the *layout* (which mode) and later experts
 refine: its mode histogram stays closest to the teacher's. With short live runs the numbers are noisy; the shipped
-students (longer training) show the trend more clearly."""),
+students (longer training, above) show the trend more clearly."""),
     ("md", """### Try it: CFG scale and method
 
 Left, the teacher at the CFG scale you pick (the *target* a distilled student is trained to match; every student
@@ -637,24 +670,6 @@ def cfg_and_method(cfg=3.0, method="Phased DMD 4s/4p"):
 cfg_and_method()  # the default values, as a static figure
 interact(cfg_and_method, cfg=widgets.FloatSlider(value=3.0, min=1.0, max=8.0, step=0.5, description="CFG"),
          method=widgets.Dropdown(options=list(control_samples), value="Phased DMD 4s/4p", description="method"));"""),
-    ("md", """## Where collapse comes from: exit step by exit step
-
-DMD2-SGTS trains **one** fake score on the mix of all its exit steps (each rollout stops at a random step j and
-judges that step's `x0` prediction), so nothing asks a single exit to match the teacher: the exits can specialise
-while their mix matches. `pdmd_lab.collapse` runs a student once and keeps every step's `x0` prediction; the
-table gives each class's share on its own mode and on modes it shares with a neighbour (the same view as
-`pdmd-lab figures --per-exit`). Phased DMD's experts hand on states at their phase ends, so only its last
-experts' `x0` estimates compare."""),
-    ("code", """from pdmd_lab import collapse
-
-for name in ["ring-mix/dmd2-sgts-4s", "ring-mix/phased-dmd-4s4p"]:
-    short = name.split("/")[1]
-    model = shipped_models[short] if short in shipped_models else zoo.load(name)
-    fig, rows = collapse.per_exit_figure(model, "ring-mix", n=1000, title=name)
-    for r in rows:
-        print(f"{name} exit {r['exit']} (expert {r['expert']}): own {r['own_share']:.2f}, "
-              f"shared {r['shared_share']:.2f}, KL {r['mode_kl']:.3f}")
-    display(fig)"""),
 ]
 
 # ---------------------------------------------------------------------------------------------
