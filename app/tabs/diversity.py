@@ -1,5 +1,10 @@
 """Diversity: several models' samples embedded and projected together, with per-class diversity
 numbers; and within one class, the teacher's cloud against each model's.
+
+Samples are drawn once per request and model and kept in Compare's cache (``common.TEACHER_CACHE``, same
+keys: the two tabs share them; rows cached for fewer samples of a request are kept). A deterministic (Euler)
+model's rows are split over the usable cores, and the page's progress counts its steps. ``warm_up`` draws
+the tab's first view and its full evaluation's teacher; the app runs it at start, after Compare's.
 """
 
 from __future__ import annotations
@@ -33,14 +38,14 @@ from pdmd_lab.families.continuous import PRDC_K
 
 DEFAULT_METHODS = ("teacher@4", "dmd-1s", "phased-dmd-4s4p")  # the tab's first view (and the app's warm-up)
 DEFAULT_N = 100
-MAX_WORKERS = 4  # threads a teacher's rows are split over (one per free core, each running one torch thread)
+MAX_WORKERS = 4  # threads a model's rows are split over (one per free core, each running one torch thread)
 MIN_CHUNK = 16  # rows per thread at least: smaller batches are not worth a thread
 POLL_S = 0.5  # how often the page's progress is updated while something computes
 SAMPLING_SHARE = 0.85  # of the progress bar: drawing the samples, then embedding and scoring
 
 
 class _Count:
-    """Sample-steps done of a teacher being drawn: shared with any request waiting for the same samples."""
+    """Sample-steps (rows x steps) done of a model being drawn: seen by any request waiting for the same samples."""
 
     def __init__(self):
         self.done = 0
@@ -51,11 +56,11 @@ class _Count:
             self.done += k
 
 
-_RUNNING: dict[tuple, _Count] = {}  # cache key -> its count, while a teacher's samples are drawn
+_RUNNING: dict[tuple, _Count] = {}  # cache key -> its count, while a model's samples are drawn
 
 
 def _workers() -> int:
-    """Threads to split a teacher's rows over: the free cores, each running ``torch.get_num_threads()``."""
+    """Threads to split a model's rows over: the usable cores, each thread running ``torch.get_num_threads()``."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -188,8 +193,8 @@ def diversity(family: str, methods, n_per_method, projection, seed=0, full_metri
     """Embed samples of several models (classifier features for images) and project them to 2D.
 
     The full evaluation scores them with the family's metrics against the 50-step teacher from the same noise.
-    Every model's samples come from :data:`common.TEACHER_CACHE` or are drawn once (teachers with their rows
-    split over the free cores) and cached; the page's progress moves at least every :data:`POLL_S` seconds.
+    Every model's samples come from :data:`common.TEACHER_CACHE` or are drawn once (Euler models with their
+    rows split over the usable cores) and cached; the page's progress moves at least every :data:`POLL_S` s.
     """
     z = get_zoo()
     _continuous_family(z, family)
