@@ -69,12 +69,13 @@ def _workers() -> int:
 
 
 def _split_sample(model, labels: torch.Tensor, noise: torch.Tensor, seed: int, count: _Count):
-    """``(samples, ms)``: a deterministic (Euler) model's samples, rows split over :func:`_workers` threads
-    (each row depends on its own noise and label only); ``ms`` sums the chunks' times, so it stays comparable
-    with one batch drawn on one core."""
+    """``(samples, ms)``: a deterministic (Euler) model's samples, rows split in chunks over :func:`_workers`
+    threads (each row depends on its own noise and label only); ``ms`` sums the chunks' times, so it stays
+    comparable with one batch drawn on one core."""
     n = len(labels)
     w = max(1, min(_workers(), n // MIN_CHUNK))
-    edges = [round(i * n / w) for i in range(w + 1)]
+    parts = max(w, min(2 * w, n // MIN_CHUNK))  # two chunks a thread where rows allow: a slowed core holds up less
+    edges = [round(i * n / parts) for i in range(parts + 1)]
 
     def chunk(i):
         a, b = edges[i], edges[i + 1]
@@ -82,11 +83,11 @@ def _split_sample(model, labels: torch.Tensor, noise: torch.Tensor, seed: int, c
         x = model.sample(labels[a:b], seed=seed, noise=noise[a:b], callback=lambda d: count.add(b - a))
         return x, 1000 * (time.perf_counter() - t0)
 
-    if w == 1:
+    if parts == 1:
         return chunk(0)
-    with ThreadPoolExecutor(w, thread_name_prefix="teacher-rows") as pool:
-        parts = list(pool.map(chunk, range(w)))
-    return torch.cat([x for x, _ in parts]), sum(ms for _, ms in parts)
+    with ThreadPoolExecutor(w, thread_name_prefix="model-rows") as pool:
+        done = list(pool.map(chunk, range(parts)))
+    return torch.cat([x for x, _ in done]), sum(ms for _, ms in done)
 
 
 def _model_output(family: str, key: str, seed: int, n: int, cfg: float, class_choice="all"):
