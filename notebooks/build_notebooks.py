@@ -475,6 +475,7 @@ Phased DMD sample through its experts."""),
 from pdmd_lab.distill import METHODS, DistillConfig
 from pdmd_lab.parallel import start_all
 
+torch.set_num_threads(1)  # training runs in worker processes; the kernel works on small tensors, faster on one thread
 ITERS = 20 if FAST else 300
 N = 2000
 labels = torch.arange(N) % 4  # classes cycle 0, 1, 2, 3"""),
@@ -528,8 +529,6 @@ runs = {"DMD 1-step": dict(method="dmd", steps=1),
         "DMD2-SGTS 4-step": dict(method="dmd2-sgts", steps=4),
         "Phased DMD 4s/4p": dict(method="phased-dmd", steps=4, phases=4)}
 configs = {name: DistillConfig.from_flat(**common, **spec) for name, spec in runs.items()}
-kernel_threads = torch.get_num_threads()
-torch.set_num_threads(1)  # while the workers train, this kernel takes no more than its share of the cores
 t0 = time.perf_counter()
 live = start_all(configs, processes=1 if FAST else None)  # the tests' 20-iteration runs: here, no workers
 print(f"training {', '.join(configs)}", "(done)" if live.done() else "in the background")"""),
@@ -598,7 +597,6 @@ for name in ["ring-mix/dmd2-sgts-4s", "ring-mix/phased-dmd-4s4p"]:
 `live.result()` waits for the three runs (the sections above ran meanwhile) and returns each student with its
 training time."""),
     ("code", """trained = live.result()
-torch.set_num_threads(kernel_threads)  # the cores are free again
 students = {name: student for name, (student, _) in trained.items()}
 for name, (student, seconds) in trained.items():
     print(f"{name}: {student.describe()}, trained in {seconds:.0f} s")
