@@ -38,6 +38,7 @@ from types import SimpleNamespace  # noqa: E402
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from app import live  # noqa: E402
 from app.common import (  # noqa: E402,F401  (re-exported: the app's public names, as before the split)
@@ -105,12 +106,16 @@ def main(argv=None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("PDMD_APP_THREADS", "1")),
-                        help="torch intra-op threads (default 1: the models are small, and requests run in parallel)")
+                        help="torch intra-op threads and BLAS threads (default 1: the models are small, and requests "
+                             "run in parallel)")
     parser.add_argument("--no-warm-up", action="store_true",
-                        help="do not compute each family's default Compare view in the background at start")
+                        help="do not compute each family's default Compare view (and Diversity's first view) in the "
+                             "background at start")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     demo = build_app()
+    import sklearn.manifold  # noqa: F401  (loads scikit-learn's OpenMP and scipy's BLAS: the limit below reaches them)
+    threadpool_limits(max(1, args.threads))  # their threads too (PCA, t-SNE, Frechet distances: small matrices)
     if not args.no_warm_up:  # the default views, cached while the page loads (the page's family first)
         ctx = layout_context(get_zoo())
         first = ctx.default_family
