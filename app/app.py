@@ -113,10 +113,9 @@ def main(argv=None) -> None:
                              "background at start")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
-    demo = build_app()
     import sklearn.manifold  # noqa: F401  (loads scikit-learn's OpenMP and scipy's BLAS: the limit below reaches them)
     threadpool_limits(max(1, args.threads))  # their threads too (PCA, t-SNE, Frechet distances: small matrices)
-    if not args.no_warm_up:  # the default views, cached while the page loads (the page's family first)
+    if not args.no_warm_up:  # the default views, cached while the page is built and loads (the page's family first)
         ctx = layout_context(get_zoo())
         first = ctx.default_family
         order = [first] + [f for f in get_zoo().families if f != first] if first else []
@@ -128,6 +127,7 @@ def main(argv=None) -> None:
                     diversity_warm_up(ctx.default_other)
 
         threading.Thread(target=warm_up, daemon=True, name="warm-up").start()
+    demo = build_app()
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port, css=CSS)
 
 
