@@ -40,7 +40,7 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from app import live  # noqa: E402
+from app import common, live  # noqa: E402
 from app.common import (  # noqa: E402,F401  (re-exported: the app's public names, as before the split)
     DEFAULT_PAIR_SAMPLES,
     LAB_DEFAULTS,
@@ -55,7 +55,7 @@ from app.common import (  # noqa: E402,F401  (re-exported: the app's public name
 from app.live import collapse_lab, distill_live  # noqa: E402,F401
 from app.tabs import TABS, compare  # noqa: E402
 from app.tabs.compare import compare_controls, generate, panel_titles, teacher_output  # noqa: E402,F401
-from app.tabs.diversity import class_view, diversity  # noqa: E402,F401
+from app.tabs.diversity import class_view, diversity, draw_samples  # noqa: E402,F401
 from app.tabs.diversity import warm_up as diversity_warm_up  # noqa: E402
 from app.tabs.phases import phases, trajectory  # noqa: E402,F401
 
@@ -122,6 +122,11 @@ def main(argv=None) -> None:
 
         def warm_up():  # Compare's first view, then Diversity's (and its full evaluation's teacher), then the rest
             for i, f in enumerate(order):
+                if i == 0:  # its full teacher first, rows split over the cores, under Compare's key for the view
+                    try:
+                        draw_samples(f, ["teacher"], 0, common._sample_limits(f)[1])
+                    except Exception:  # Compare's warm-up below draws it (and says what fails on the page)
+                        pass
                 compare.warm_up(f)
                 if i == 0 and ctx.default_other is not None:
                     diversity_warm_up(ctx.default_other)

@@ -206,7 +206,7 @@ def test_diversity_full_evaluation_reports_progress_and_shares_the_teacher(monke
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1
     assert any("50-step teacher" in d and "of 50" in d for _, d in seen)  # its steps, as they are done
-    assert set(calls) == {16}  # 48 rows over 3 threads, 16 each (the few-step teacher too)
+    assert set(calls) == {8}  # 48 rows over 3 threads in 6 chunks of MIN_CHUNK = 8 (the few-step teacher too)
     teacher = app_module.get_zoo().models["ring-mix"]["teacher"]
     entry, cached = app_module.teacher_output("ring-mix", "teacher", "all", 0, 48, teacher.cfg)
     assert cached  # Compare asking for the same samples gets these
