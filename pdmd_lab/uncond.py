@@ -313,7 +313,8 @@ def sorted_samples_figure(images: torch.Tensor, pred: torch.Tensor, *, per_digit
 
 # Study runs ------------------------------------------------------------------------------------------
 
-REFERENCE_PATH = Path(__file__).resolve().parent.parent / "assets" / "results" / "mnist-uncond" / "teacher_reference.safetensors"
+REFERENCE_PATH = (Path(__file__).resolve().parent.parent / "assets" / "results" / "mnist-uncond"
+                  / "teacher_reference.safetensors")
 STUDY_METRICS = ("digit_kl", "digits_covered", "max_share", "frechet_distance", "recall")
 
 
