@@ -22,6 +22,7 @@ triples of independent samples add nothing to this histogram, so those numbers a
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -369,14 +370,10 @@ def report(measure_dir, out, models: dict, *, n: int = 2000, seed: int = 0) -> d
 
 # One panel of the app's Compare ------------------------------------------------------------------------
 
-_CLASSIFIER: list = []
-
-
+@functools.lru_cache(maxsize=1)
 def shipped_classifier():
     """:func:`load_mnist_classifier`, loaded once per process."""
-    if not _CLASSIFIER:
-        _CLASSIFIER.append(load_mnist_classifier())
-    return _CLASSIFIER[0]
+    return load_mnist_classifier()
 
 
 def reference_counts() -> np.ndarray:
