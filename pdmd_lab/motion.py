@@ -105,7 +105,8 @@ class TrajectoryMixture:
 
     def sample(self, n: int, seed=None, labels=None, return_modes: bool = False):
         """``n`` trajectories ``(n, D)`` float32 and their labels (drawn from the class prior unless given)."""
-        g = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(0 if seed is None else int(seed))
+        g = (seed if isinstance(seed, torch.Generator)
+             else torch.Generator().manual_seed(0 if seed is None else int(seed)))
         if labels is None:
             labels = torch.multinomial(self.class_prior, n, replacement=True, generator=g)
         labels = torch.as_tensor(labels, dtype=torch.long).expand(n).clone()
@@ -261,7 +262,8 @@ def score(mixture: TrajectoryMixture, x, labels, ref_x) -> dict:
     ref_speed, ref_jitter = fitted_motion(ref_x)
     return {"mean_flow": flow_, "flow_ratio": flow_ / ref_flow if ref_flow > 0 else float("nan"),
             "dynamic_degree": dyn, "dynamic_degree_diff": dyn - ref_dyn,
-            "speed_ratio": float(speed.mean() / ref_speed.mean()), "jitter_ratio": float(jitter.mean() / ref_jitter.mean()),
+            "speed_ratio": float(speed.mean() / ref_speed.mean()),
+            "jitter_ratio": float(jitter.mean() / ref_jitter.mean()),
             **mode_scores(mixture, x, labels, ref_x),
             "energy_distance": metrics.energy_distance(torch.as_tensor(x).reshape(len(x), -1).float(),
                                                        torch.as_tensor(ref_x).reshape(len(ref_x), -1).float())}
