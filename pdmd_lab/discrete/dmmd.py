@@ -75,7 +75,8 @@ def _unwrap(net):
 
 def sample_times(batch: int, steps: int, generator: torch.Generator | None = None, *,
                  u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``docs/conventions.md`` §3 step 1: ``s ~ U(0, 1)``, ``delta ~ U(0, 1/k)``, ``t = min(1, s + delta)``; ``(B,)`` each.
+    """``docs/conventions.md`` §3 step 1: ``s ~ U(0, 1)``, ``delta ~ U(0, 1/k)``, ``t = min(1, s + delta)``;
+    ``(B,)`` each.
 
     ``u`` ``(B, 2)``: pre-drawn uniforms for ``s`` and ``delta``.
     """

@@ -51,7 +51,8 @@ def alpha(t):
 
 
 def reveal_probability(s, t):
-    """Reveal posterior rate ``r(s, t) = (alpha_s - alpha_t) / (1 - alpha_t)`` (``docs/conventions.md`` §3); ``(t - s) / t`` here.
+    """Reveal posterior rate ``r(s, t) = (alpha_s - alpha_t) / (1 - alpha_t)`` (``docs/conventions.md`` §3);
+    ``(t - s) / t`` here.
 
     The probability that a position masked at ``t`` is unmasked at ``s < t``. Works on floats and
     tensors; ``r(0, t) = 1`` (everything revealed), ``r(s, s) = 0``.
@@ -127,7 +128,8 @@ def _call(model, z, t, labels, eps):
 
 
 def guided_logits(model, z: torch.Tensor, t, class_labels=None, cfg: float = 1.0, eps=None) -> torch.Tensor:
-    """Classifier-free guidance on logits, ``l = l_u + w (l_c - l_u)`` (ours; ``docs/conventions.md`` §3); ``w = 1`` is none.
+    """Classifier-free guidance on logits, ``l = l_u + w (l_c - l_u)`` (ours; ``docs/conventions.md`` §3);
+    ``w = 1`` is none.
 
     The conditional and unconditional passes share one batched call (and the same ``eps``).
     """
@@ -155,7 +157,8 @@ def step_net(model, t: float):
 @torch.no_grad()
 def sample_masked(model, z: torch.Tensor, ts, *, class_labels=None, cfg: float = 1.0, callback=None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Ancestral sampler of masked diffusion over the descending times ``ts`` (``docs/conventions.md`` §3). NFE = ``len(ts) - 1``.
+    """Ancestral sampler of masked diffusion over the descending times ``ts`` (``docs/conventions.md`` §3).
+    NFE = ``len(ts) - 1``.
 
     Each step ``t -> s``: ``x ~ Cat(softmax(l))`` per position independently (``l`` the guided logits),
     then ``z_s ~ q(z_s | z_t, x)``. A network with ``noise_dim > 0`` (a D-MMD generator) gets a fresh

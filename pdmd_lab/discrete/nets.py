@@ -240,9 +240,9 @@ def default_net_config(dataset) -> TokenMLPConfig | TokenUNetConfig:
 def add_noise_input(net: MaskedDenoiser, noise_dim: int, noise_gain: float = 1.0) -> MaskedDenoiser:
     """A D-MMD generator: a copy of ``net`` that also reads Gaussian noise through a zero-initialised layer.
 
-    D-MMD (``docs/conventions.md`` §3): the masked state holds too little randomness for a stochastic multi-token step, so the
-    generator gets ``eps``; the layer reading it starts at zero, so the copy equals ``net`` for every
-    ``eps`` at initialisation. ``noise_dim = 0`` returns a plain copy (the no-noise ablation).
+    D-MMD (``docs/conventions.md`` §3): the masked state holds too little randomness for a stochastic
+    multi-token step, so the generator gets ``eps``; the layer reading it starts at zero, so the copy equals
+    ``net`` for every ``eps`` at initialisation. ``noise_dim = 0`` returns a plain copy (the no-noise ablation).
 
     ``noise_gain`` **(ours)**: the layer reads ``noise_gain * eps``. At initialisation the output does not
     depend on ``eps``, so the expected gradient towards depending on it is zero and only minibatch noise
