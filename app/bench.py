@@ -10,7 +10,7 @@ CFG, the default step choice):
   (the last update), the panels' files downloaded, as the page gets them;
 * **repeated click**: the same request again, ``--repeats`` times (the median is reported).
 
-Writes ``latency.json`` and ``latency.md`` (a table) into ``--out`` (kept unless ``--overwrite``)
+Writes :data:`OUTPUTS` (the results and their table) into ``--out`` (kept unless ``--overwrite``)
 and prints the table. The app process is stopped at the end. Nothing here is timed inside the app:
 these are wall-clock times on the machine it runs on, so say what else ran beside them.
 """
@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+OUTPUTS = ("latency.json", "latency.md")  # what the bench writes into --out: the results and their table
 
 
 def _free_port() -> int:
@@ -158,14 +159,14 @@ def main(argv=None) -> int:
     p.add_argument("--wait", type=float, default=30.0, help="seconds after the app's start before the first click")
     p.add_argument("--repeats", type=int, default=3, help="repeated clicks per family (the median is reported)")
     p.add_argument("--threads", type=int, default=1, help="the app's torch threads")
-    p.add_argument("--out", default="runs/app-latency", help="folder for latency.json and latency.md")
-    p.add_argument("--overwrite", action="store_true", help="replace latency.json and latency.md in --out")
+    p.add_argument("--out", default="runs/app-latency", help=f"folder for {' and '.join(OUTPUTS)}")
+    p.add_argument("--overwrite", action="store_true", help=f"replace {' and '.join(OUTPUTS)} in --out")
     args = p.parse_args(argv)
     try:
         safety.check_number("--wait", args.wait, 0, 3600)
         safety.check_number("--repeats", args.repeats, 1, 100)
         safety.check_number("--threads", args.threads, 1, 256)
-        out_json, out_md = safety.output_files(args.out, ["latency.json", "latency.md"], overwrite=args.overwrite)
+        out_json, out_md = safety.output_files(args.out, OUTPUTS, overwrite=args.overwrite)
         from app import common  # the shipped families, listed (nothing loaded); imported before the app starts
 
         shipped = common.shipped_families()
