@@ -36,11 +36,35 @@ import argparse  # noqa: E402
 import threading  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="pdmd_lab Gradio app")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("PDMD_APP_THREADS", "1")),
+                        help="torch intra-op threads and BLAS threads (default 1: the models are small, and requests "
+                             "run in parallel)")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="do not compute each family's default Compare view (and Diversity's first view) in the "
+                             "background at start")
+    return parser
+
+
+if __name__ == "__main__":  # the default view's teacher is drawn while Gradio and the tabs load (~6 s of a core)
+    import torch
+
+    _args = _parser().parse_args()
+    torch.set_num_threads(max(1, _args.threads))
+    if not _args.no_warm_up:
+        from app import rows
+
+        rows.start_early()
+
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from app import common, live  # noqa: E402
+from app import common, live, rows  # noqa: E402
 from app.common import (  # noqa: E402,F401  (re-exported: the app's public names, as before the split)
     DEFAULT_PAIR_SAMPLES,
     LAB_DEFAULTS,
@@ -63,11 +87,11 @@ from app.tabs.phases import phases, trajectory  # noqa: E402,F401
 def layout_context(z: Zoo) -> SimpleNamespace:
     """What the tabs' layouts share: the families, their defaults and the students offered."""
     families = z.families
-    default_family = "mnist" if "mnist" in families else (families[0] if families else None)
+    default_family = rows.DEFAULT_FAMILY if rows.DEFAULT_FAMILY in families else (families[0] if families else None)
     default_panels = z.panels(default_family) if default_family else PANELS
     default_cfg = z.models[default_family]["teacher"].cfg if default_family else 3.0
     others = z.continuous_families()  # the tabs besides Compare
-    default_other = "mnist" if "mnist" in others else (others[0] if others else None)
+    default_other = rows.DEFAULT_FAMILY if rows.DEFAULT_FAMILY in others else (others[0] if others else None)
     shipped = {k for f in others for k in z.students(f)}
     students = [k for k in STUDENTS if k in shipped] + sorted(shipped - set(STUDENTS))
     compare_only = [f for f in families if f not in others]  # e.g. masked diffusion (D-MMD)
@@ -102,16 +126,7 @@ def build_app() -> gr.Blocks:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="pdmd_lab Gradio app")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("PDMD_APP_THREADS", "1")),
-                        help="torch intra-op threads and BLAS threads (default 1: the models are small, and requests "
-                             "run in parallel)")
-    parser.add_argument("--no-warm-up", action="store_true",
-                        help="do not compute each family's default Compare view (and Diversity's first view) in the "
-                             "background at start")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     import sklearn.manifold  # noqa: F401  (loads scikit-learn's OpenMP and scipy's BLAS: the limit below reaches them)
     threadpool_limits(max(1, args.threads))  # their threads too (PCA, t-SNE, Frechet distances: small matrices)

@@ -16,7 +16,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import itertools  # noqa: E402
-import math  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 from collections import OrderedDict  # noqa: E402
@@ -26,7 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
-from app import live  # noqa: E402
+from app import live, rows  # noqa: E402
+from app.rows import DEFAULT_PAIR_SAMPLES, MAX_PAIR_SAMPLES, MAX_SAMPLES  # noqa: E402,F401
 from pdmd_lab import zoo  # noqa: E402
 from pdmd_lab.data import get_dataset  # noqa: E402
 from pdmd_lab.families import Family, get_family  # noqa: E402
@@ -35,9 +35,6 @@ from pdmd_lab.sampling import get_sampler  # noqa: E402
 
 FAMILIES = ("mnist", "ring-mix")  # preferred order; any other family with a teacher and a student follows
 SEED_MAX = 2**31 - 1
-MAX_SAMPLES = 64
-MAX_PAIR_SAMPLES = 8192  # points and token pairs: a scatter or a joint histogram on 32 x 32 cells needs thousands
-DEFAULT_PAIR_SAMPLES = 2048
 MAX_CFG = 10.0
 MAX_DIVERSITY_N = 512
 MAX_CLASS_N = 128
@@ -320,8 +317,7 @@ def _labels(class_choice, n: int, num_classes: int) -> torch.Tensor:
     return torch.full((n,), c, dtype=torch.long)
 
 
-def _noise(seed: int, n: int, shape) -> torch.Tensor:
-    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+_noise = rows.noise
 
 
 def _initial(model, seed: int, n: int) -> torch.Tensor:
@@ -332,14 +328,9 @@ def _initial(model, seed: int, n: int) -> torch.Tensor:
 
 
 def _sample_limits(family: str) -> tuple[int, int]:
-    """``(most, default)`` number of samples in Compare: samples of a few numbers each (2D points, token
-    pairs) are shown as a distribution (a scatter of thousands, a joint histogram); larger ones (images)
-    as a grid of at most 64 (all 64 by default for unconditional datasets, whose panels count digits)."""
-    if math.prod(get_dataset(family).shape) <= 4:
-        return MAX_PAIR_SAMPLES, DEFAULT_PAIR_SAMPLES
-    if family_of(family).is_unconditional(family):  # a histogram of what was drawn needs more than 16
-        return MAX_SAMPLES, MAX_SAMPLES
-    return MAX_SAMPLES, 16
+    """``(most, default)`` number of samples in Compare (:func:`app.rows.sample_limits`)."""
+    family_of(family)  # an unknown dataset: a shown error
+    return rows.sample_limits(family)
 
 
 def figure_array(fig) -> np.ndarray:
@@ -417,10 +408,10 @@ def data_samples(family: str, labels: torch.Tensor, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed))
     out = None
     for c in torch.unique(labels).tolist():
-        rows = torch.nonzero(labels == c)[:, 0]
-        x = ds.sample(len(rows), seed=g, labels=int(c))[0]
+        idx = torch.nonzero(labels == c)[:, 0]
+        x = ds.sample(len(idx), seed=g, labels=int(c))[0]
         out = torch.empty((len(labels), *x.shape[1:]), dtype=x.dtype) if out is None else out
-        out[rows] = x
+        out[idx] = x
     return out
 
 

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app import app as app_module  # noqa: E402
-from app import common, live  # noqa: E402
+from app import common, live, rows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 FAMILIES = [f for f in ("mnist", "ring-mix") if f in app_module.get_zoo().families]
@@ -196,7 +196,7 @@ def test_diversity_full_evaluation_reports_progress_and_shares_the_teacher(monke
 
     monkeypatch.setattr(common, "TEACHER_CACHE", common.TeacherCache())
     monkeypatch.setattr(dv, "POLL_S", 0.005)
-    monkeypatch.setattr(dv, "_workers", lambda: 3)
+    monkeypatch.setattr(rows, "workers", lambda: 3)
     calls = []
     _slow_teacher(monkeypatch, calls)
     seen = []
@@ -219,12 +219,38 @@ def test_diversity_full_evaluation_reports_progress_and_shares_the_teacher(monke
     assert not calls and again == table  # the next click draws nothing and shows the same numbers
 
 
+def test_early_draw_is_what_the_warm_up_would_draw(monkeypatch):
+    """``python -m app.app`` draws the default view's full teacher before Gradio loads (:func:`rows.start_early`):
+    the warm-up's draw then takes those rows under Compare's key, draws nothing itself, and gets the numbers it
+    would have drawn (the same row split); a key drawn by nobody, or a family with no teacher, gives None."""
+    from app.tabs import diversity as dv
+    from app.tabs.compare import _teacher_key
+
+    monkeypatch.setattr(common, "TEACHER_CACHE", common.TeacherCache())
+    monkeypatch.setattr(rows, "workers", lambda: 2)
+    teacher = app_module.get_zoo().models["ring-mix"]["teacher"]
+    n = rows.DEFAULT_PAIR_SAMPLES
+    key = rows.start_early("ring-mix")
+    assert key == _teacher_key("ring-mix", "teacher", "all", 0, n, teacher.cfg)
+    early = rows._EARLY[key].result(timeout=120)  # drawn in its thread
+    calls = []
+    _slow_teacher(monkeypatch, calls, delay=0)
+    entry = dv.draw_samples("ring-mix", ["teacher"], 0, n)["teacher"]
+    assert not calls and entry["x"] is early["x"] and not entry["cached"]
+    assert rows.take_early(key) is None  # taken once
+    labels = torch.arange(n) % teacher.num_classes
+    sampler = app_module.get_zoo().sampler("ring-mix", "teacher", teacher.cfg)  # what the warm-up draws with
+    again, _ = rows.split_sample(sampler, labels, common._noise(0, n, sampler.shape), 0, rows.Count())
+    assert torch.equal(entry["x"], again) and torch.equal(entry["labels"], labels)
+    assert rows.start_early("no-such-family") is None
+
+
 def test_diversity_extends_samples_drawn_for_fewer(monkeypatch):
     """Compare drew 16 samples of the request: Diversity's 48 draw only the 32 others (same noise rows)."""
     from app.tabs import diversity as dv
 
     monkeypatch.setattr(common, "TEACHER_CACHE", common.TeacherCache())
-    monkeypatch.setattr(dv, "_workers", lambda: 1)
+    monkeypatch.setattr(rows, "workers", lambda: 1)
     teacher = app_module.get_zoo().models["ring-mix"]["teacher"]
     head, _ = app_module.teacher_output("ring-mix", "teacher", "all", 0, 16, teacher.cfg)
     calls = []

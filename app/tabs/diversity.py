@@ -9,16 +9,14 @@ the tab's first view and its full evaluation's teacher; the app runs it at start
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import gradio as gr
 import numpy as np
 import torch
 
-from app import common
+from app import common, rows
 from app.common import (
     MAX_CLASS_N,
     MAX_DIVERSITY_N,
@@ -38,62 +36,17 @@ from pdmd_lab.families.continuous import PRDC_K
 
 DEFAULT_METHODS = ("teacher@4", "dmd-1s", "phased-dmd-4s4p")  # the tab's first view (and the app's warm-up)
 DEFAULT_N = 100
-MAX_WORKERS = 4  # threads a model's rows are split over (one per free core, each running one torch thread)
-MIN_CHUNK = 8  # rows per thread at least: smaller batches are not worth a thread (8 MNIST rows are: 10.2 s -> 7.9 s)
 POLL_S = 0.5  # how often the page's progress is updated while something computes
 SAMPLING_SHARE = 0.85  # of the progress bar: drawing the samples, then embedding and scoring
 
 
-class _Count:
-    """Sample-steps (rows x steps) done of a model being drawn: seen by any request waiting for the same samples."""
-
-    def __init__(self):
-        self.done = 0
-        self._lock = threading.Lock()
-
-    def add(self, k: int) -> None:
-        with self._lock:
-            self.done += k
-
-
-_RUNNING: dict[tuple, _Count] = {}  # cache key -> its count, while a model's samples are drawn
-
-
-def _workers() -> int:
-    """Threads to split a model's rows over: the usable cores, each thread running ``torch.get_num_threads()``."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, cores // max(1, torch.get_num_threads())))
-
-
-def _split_sample(model, labels: torch.Tensor, noise: torch.Tensor, seed: int, count: _Count):
-    """``(samples, ms)``: a deterministic (Euler) model's samples, rows split in chunks over :func:`_workers`
-    threads (each row depends on its own noise and label only); ``ms`` sums the chunks' times, so it stays
-    comparable with one batch drawn on one core."""
-    n = len(labels)
-    w = max(1, min(_workers(), n // MIN_CHUNK))
-    parts = max(w, min(2 * w, n // MIN_CHUNK))  # two chunks a thread where rows allow: a slowed core holds up less
-    edges = [round(i * n / parts) for i in range(parts + 1)]
-
-    def chunk(i):
-        a, b = edges[i], edges[i + 1]
-        t0 = time.perf_counter()
-        x = model.sample(labels[a:b], seed=seed, noise=noise[a:b], callback=lambda d: count.add(b - a))
-        return x, 1000 * (time.perf_counter() - t0)
-
-    if parts == 1:
-        return chunk(0)
-    with ThreadPoolExecutor(w, thread_name_prefix="model-rows") as pool:
-        done = list(pool.map(chunk, range(parts)))
-    return torch.cat([x for x, _ in done]), sum(ms for _, ms in done)
+_RUNNING: dict[tuple, rows.Count] = {}  # cache key -> its count, while a model's samples are drawn
 
 
 def _model_output(family: str, key: str, seed: int, n: int, cfg: float, class_choice="all"):
     """``(entry, cached)`` of one model's samples of ``class_choice`` (``all``: ``arange(n) % classes``) from
     the seeded noise, kept in :data:`common.TEACHER_CACHE` under Compare's key, so both tabs share them.
-    Euler models (the teachers, most students) are drawn here, rows split over threads (:func:`_split_sample`),
+    Euler models (the teachers, most students) are drawn here, rows split over threads (:func:`app.rows.split_sample`),
     their steps counted in :data:`_RUNNING`, timed once (the zoo ran every network once at load); the others
     (a re-noising sampler draws noise for the whole batch) as Compare draws them (:func:`teacher_output`)."""
     model = get_zoo().sampler(family, key, cfg)
@@ -102,14 +55,23 @@ def _model_output(family: str, key: str, seed: int, n: int, cfg: float, class_ch
     ckey = _teacher_key(family, key, class_choice, seed, n, cfg)
 
     def compute():
+        count = rows.early_count(ckey)
+        if count is not None:  # drawn by ``python -m app.app`` since before Gradio loaded: wait for it
+            _RUNNING[ckey] = count
+            try:
+                early = rows.take_early(ckey)
+            finally:
+                _RUNNING.pop(ckey, None)
+            if early is not None:
+                return early
         labels = _labels(class_choice, n, model.num_classes)
         noise = _noise(seed, n, model.shape)
-        count = _RUNNING[ckey] = _Count()
+        count = _RUNNING[ckey] = rows.Count()
         head = _cached_head(ckey)  # rows drawn already for fewer samples of the same request (same noise)
         start = 0 if head is None else len(head["x"])
         count.add(start * int(model.num_steps))
         try:
-            x, ms = _split_sample(model, labels[start:], noise[start:], seed, count)
+            x, ms = rows.split_sample(model, labels[start:], noise[start:], seed, count)
         finally:
             _RUNNING.pop(ckey, None)
         if head is not None:
@@ -381,7 +343,7 @@ def build(ctx) -> None:
     others, default_other, students = ctx.others, ctx.default_other, ctx.students
     with gr.Tab("Diversity", elem_id="tab-diversity"):
         with gr.Row():
-            d_family = gr.Dropdown(others, value=default_other, label="family")
+            d_family = gr.Dropdown(others, value=default_other, label="family", elem_id="diversity-family")
             d_methods = gr.CheckboxGroup(["teacher", "teacher@4", *students],
                                          value=[m for m in DEFAULT_METHODS if m.startswith("teacher") or m in students],
                                          label="methods")

@@ -1,0 +1,154 @@
+"""A model's samples with its rows split over threads, and the app's first draw, started before Gradio loads.
+
+Nothing here imports Gradio. ``python -m app.app`` calls :func:`start_early` before its own imports
+(Gradio and the tabs take about 6 s of one core): the default Compare view's 50-step teacher is drawn
+meanwhile, on the other core, and the app's warm-up finds those rows with :func:`take_early` under
+Compare's cache key instead of drawing them again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+DEFAULT_FAMILY = "mnist"  # the page's family when it is shipped (else the first family shown)
+MAX_SAMPLES = 64
+MAX_PAIR_SAMPLES = 8192  # points and token pairs: a scatter or a joint histogram on 32 x 32 cells needs thousands
+DEFAULT_PAIR_SAMPLES = 2048
+MAX_WORKERS = 4  # threads a model's rows are split over (one per free core, each running one torch thread)
+MIN_CHUNK = 8  # rows per thread at least: smaller batches are not worth a thread (8 MNIST rows are: 10.2 s -> 7.9 s)
+
+
+def sample_limits(family: str) -> tuple[int, int]:
+    """``(most, default)`` number of samples in Compare: samples of a few numbers each (2D points, token
+    pairs) are shown as a distribution (a scatter of thousands, a joint histogram); larger ones (images)
+    as a grid of at most 64 (all 64 by default for unconditional datasets, whose panels count digits)."""
+    from pdmd_lab.data import get_dataset
+    from pdmd_lab.families import get_family
+
+    if math.prod(get_dataset(family).shape) <= 4:
+        return MAX_PAIR_SAMPLES, DEFAULT_PAIR_SAMPLES
+    if get_family(family).is_unconditional(family):  # a histogram of what was drawn needs more than 16
+        return MAX_SAMPLES, MAX_SAMPLES
+    return MAX_SAMPLES, 16
+
+
+def noise(seed: int, n: int, shape) -> torch.Tensor:
+    """The seeded Gaussian noise of ``n`` samples: row ``i`` is the same whatever ``n`` is."""
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+def labels_all(n: int, num_classes: int) -> torch.Tensor:
+    """Class labels of the class choice ``all``: ``0, 1, ..., num_classes - 1, 0, 1, ...``."""
+    return torch.arange(n) % num_classes
+
+
+class Count:
+    """Sample-steps (rows x steps) done of a model being drawn: seen by any request waiting for the same samples."""
+
+    def __init__(self):
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def add(self, k: int) -> None:
+        with self._lock:
+            self.done += k
+
+
+def workers() -> int:
+    """Threads to split a model's rows over: the usable cores, each thread running ``torch.get_num_threads()``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores // max(1, torch.get_num_threads())))
+
+
+def split_sample(model, labels: torch.Tensor, noise: torch.Tensor, seed: int, count: Count):
+    """``(samples, ms)``: a deterministic (Euler) model's samples, rows split in chunks over :func:`workers`
+    threads (each row depends on its own noise and label only); ``ms`` sums the chunks' times, so it stays
+    comparable with one batch drawn on one core."""
+    n = len(labels)
+    w = max(1, min(workers(), n // MIN_CHUNK))
+    parts = max(w, min(2 * w, n // MIN_CHUNK))  # two chunks a thread where rows allow: a slowed core holds up less
+    edges = [round(i * n / parts) for i in range(parts + 1)]
+
+    def chunk(i):
+        a, b = edges[i], edges[i + 1]
+        t0 = time.perf_counter()
+        x = model.sample(labels[a:b], seed=seed, noise=noise[a:b], callback=lambda d: count.add(b - a))
+        return x, 1000 * (time.perf_counter() - t0)
+
+    if parts == 1:
+        return chunk(0)
+    with ThreadPoolExecutor(w, thread_name_prefix="model-rows") as pool:
+        done = list(pool.map(chunk, range(parts)))
+    return torch.cat([x for x, _ in done]), sum(ms for _, ms in done)
+
+
+# The first draw, before Gradio loads ------------------------------------------------------------------
+
+_EARLY: dict[tuple, Future] = {}  # Compare's cache key -> the entry being drawn
+_EARLY_COUNTS: dict[tuple, Count] = {}
+
+
+def early_key(family: str, n: int, cfg: float, seed: int = 0) -> tuple:
+    """Compare's cache key of ``family``'s full teacher, all classes (``app.tabs.compare._teacher_key``)."""
+    return family, "teacher", "all", int(seed), int(n), round(float(cfg), 6)
+
+
+def start_early(family: str = DEFAULT_FAMILY) -> tuple | None:
+    """Start drawing the default Compare view's full teacher of ``family`` (all classes, seed 0, the
+    default number of samples, the teacher's CFG) in a background thread; returns its cache key, or None
+    when the family's teacher is not shipped or fails to load (the app's own warm-up then draws it)."""
+    from pdmd_lab import zoo
+    from pdmd_lab.families import get_family
+
+    try:
+        fam = get_family(family)
+        if f"{family}/teacher" not in zoo.list_models():
+            return None
+        teacher = zoo.load(f"{family}/teacher", steps=fam.comparison_teacher_steps)
+        n = sample_limits(family)[1]
+    except Exception:  # the app loads it again and says what is wrong on the page
+        return None
+    if getattr(teacher, "sampler", "euler") != "euler":
+        return None
+    key = early_key(family, n, teacher.cfg)
+    count = _EARLY_COUNTS[key] = Count()
+    fut: Future = Future()
+    _EARLY[key] = fut
+
+    def run():
+        try:
+            labels = labels_all(n, teacher.num_classes)
+            with torch.no_grad():
+                x, ms = split_sample(teacher, labels, noise(0, n, teacher.shape), 0, count)
+            fut.set_result({"x": x, "ms": ms, "nfe": teacher.nfe, "labels": labels})
+        except BaseException as e:  # the warm-up draws it itself
+            fut.set_exception(e)
+
+    threading.Thread(target=run, daemon=True, name="early-draw").start()
+    return key
+
+
+def take_early(key: tuple) -> dict | None:
+    """The entry drawn by :func:`start_early` under ``key`` (waiting for it while it is drawn), once; else None."""
+    fut = _EARLY.pop(key, None)
+    _EARLY_COUNTS.pop(key, None)
+    if fut is None:
+        return None
+    try:
+        return fut.result()
+    except Exception:
+        return None
+
+
+def early_count(key: tuple) -> Count | None:
+    """The sample-steps done so far of the early draw under ``key``, while it runs (for progress)."""
+    return _EARLY_COUNTS.get(key)
