@@ -8,7 +8,12 @@ CFG, the default step choice):
 
 * **first click**: the first request of that view: seconds to the first panel and to every panel
   (the last update), the panels' files downloaded, as the page gets them;
-* **repeated click**: the same request again, ``--repeats`` times (the median is reported).
+* **repeated click**: the same request again, ``--repeats`` times (the median is reported);
+* **Diversity's full evaluation**: right after the first family's first click, the Diversity tab's default
+  request with "full evaluation" ticked (its default models and samples, scored against the 50-step
+  teacher), as a user trying the next tab; seconds until its figure and table arrive.
+
+``--no-warm-up`` starts the app without its background warm-up: every first click is then cold.
 
 Writes :data:`OUTPUTS` (the results and their table) into ``--out`` (kept unless ``--overwrite``)
 and prints the table. The app process is stopped at the end. Nothing here is timed inside the app:
@@ -62,6 +67,17 @@ def _shown_families(url: str) -> list[str]:
     raise RuntimeError("the app's page has no family dropdown (elem_id family-dd)")
 
 
+def _diversity_families(url: str) -> list[str]:
+    """The Diversity tab's family choices (the flow-matching families), from the page config."""
+    import httpx
+
+    config = httpx.get(url + "config", timeout=30).json()
+    for c in config["components"]:
+        if c.get("props", {}).get("elem_id") == "diversity-family":
+            return [ch[1] if isinstance(ch, (list, tuple)) else ch for ch in c["props"]["choices"]]
+    return []
+
+
 def _defaults(client, family: str) -> tuple:
     """The default Compare request of ``family``, (class, seed, n, cfg, steps), as the page fills it in when
     the family is picked (the app's ``/compare_controls``)."""
@@ -94,16 +110,30 @@ def click(client, family: str, request: tuple, http) -> dict:
     return {"first_panel_s": round(first if first is not None else last, 3), "all_panels_s": round(last, 3)}
 
 
-def run(families=None, *, wait: float = 30.0, repeats: int = 3, threads: int = 1, progress=print) -> dict:
-    """Start the app, wait ``wait`` s after its start, time the first and repeated clicks per family."""
+def diversity_click(client, family: str) -> dict:
+    """Diversity's default request of ``family`` with "full evaluation" ticked, through the API: its seconds."""
+    from app.tabs.diversity import DEFAULT_METHODS, DEFAULT_N
+
+    t0 = time.perf_counter()
+    client.predict(family, list(DEFAULT_METHODS), DEFAULT_N, "pca", 0, True, api_name="/diversity")
+    return {"family": family, "models": list(DEFAULT_METHODS), "n": DEFAULT_N,
+            "full_evaluation_s": round(time.perf_counter() - t0, 3)}
+
+
+def run(families=None, *, wait: float = 30.0, repeats: int = 3, threads: int = 1, warm_up: bool = True,
+        diversity: bool = True, progress=print) -> dict:
+    """Start the app, wait ``wait`` s after its start, time the first and repeated clicks per family (and,
+    after the first family's first click, Diversity's full evaluation of that family when it has the tab)."""
     import httpx
     from gradio_client import Client
 
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     start = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "app.app", "--port", str(port), "--threads", str(threads)],
+    proc = subprocess.Popen([sys.executable, "-m", "app.app", "--port", str(port), "--threads", str(threads)]
+                            + ([] if warm_up else ["--no-warm-up"]),
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    div = None
     try:
         url = f"http://127.0.0.1:{port}/"
         _wait_until_up(url, proc, timeout=600)
@@ -126,6 +156,9 @@ def run(families=None, *, wait: float = 30.0, repeats: int = 3, threads: int = 1
             first = click(client, family, request, http)
             rows[family] = {"n": request[2], "first_click_at_s": round(since, 1), "first": first}
             progress(f"{family}: first click {rows[family]['first']}")
+            if diversity and div is None and family in _diversity_families(url):
+                div = {"clicked_at_s": round(time.time() - start, 1), **diversity_click(client, family)}
+                progress(f"Diversity, full evaluation of {family}: {div['full_evaluation_s']} s")
         for family in families:
             request = requests[family]
             again = [click(client, family, request, http) for _ in range(repeats)]
@@ -138,7 +171,8 @@ def run(families=None, *, wait: float = 30.0, repeats: int = 3, threads: int = 1
         except subprocess.TimeoutExpired:
             proc.kill()
     return {"serving_after_s": round(up, 1), "wait_s": wait, "repeats": repeats, "app_threads": threads,
-            "cpu_count": os.cpu_count(), "load_average_1min_at_end": round(os.getloadavg()[0], 2), "families": rows}
+            "warm_up": warm_up, "cpu_count": os.cpu_count(), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+            "families": rows, "diversity": div}
 
 
 def table(result: dict) -> str:
@@ -148,6 +182,10 @@ def table(result: dict) -> str:
         f, a = r["first"], r["repeated"]
         lines.append(f"| {family} ({r['n']:,}) | {f['first_panel_s']:.2f} s / {f['all_panels_s']:.2f} s "
                      f"| {a['first_panel_s']:.2f} s / {a['all_panels_s']:.2f} s |")
+    d = result.get("diversity")
+    if d:
+        lines += ["", f"Diversity, full evaluation of {d['family']} ({', '.join(d['models'])}, n = {d['n']} each, "
+                      f"clicked {d['clicked_at_s']:.0f} s after start): {d['full_evaluation_s']:.2f} s"]
     return "\n".join(lines)
 
 
@@ -159,6 +197,8 @@ def main(argv=None) -> int:
     p.add_argument("--wait", type=float, default=30.0, help="seconds after the app's start before the first click")
     p.add_argument("--repeats", type=int, default=3, help="repeated clicks per family (the median is reported)")
     p.add_argument("--threads", type=int, default=1, help="the app's torch threads")
+    p.add_argument("--no-warm-up", action="store_true", help="start the app without its background warm-up (cold)")
+    p.add_argument("--no-diversity", action="store_true", help="skip Diversity's full evaluation")
     p.add_argument("--out", default="runs/app-latency", help=f"folder for {' and '.join(OUTPUTS)}")
     p.add_argument("--overwrite", action="store_true", help=f"replace {' and '.join(OUTPUTS)} in --out")
     args = p.parse_args(argv)
@@ -178,7 +218,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = run(families, wait=args.wait, repeats=args.repeats, threads=args.threads)
+    result = run(families, wait=args.wait, repeats=args.repeats, threads=args.threads, warm_up=not args.no_warm_up,
+                 diversity=not args.no_diversity)
     md = table(result)
     for path, text in ((out_json, json.dumps(result, indent=1) + "\n"), (out_md, md + "\n")):
         safety.make_parent(path).write_text(text)

@@ -45,3 +45,24 @@ def test_table_and_files(tmp_path, monkeypatch):
     md = (tmp_path / "latency.md").read_text()
     assert "| ring-mix (2,048) | 0.50 s / 1.25 s | 0.25 s / 0.30 s |" in md
     assert (tmp_path / "latency.json").exists()
+
+
+def test_diversity_row_and_cold_start_options(tmp_path, monkeypatch):
+    """Diversity's full evaluation gets its own line; --no-warm-up / --no-diversity reach the run."""
+    seen = {}
+    result = {"families": {"mnist": {"n": 16, "first": {"first_panel_s": 0.3, "all_panels_s": 0.4},
+                                     "repeated": {"first_panel_s": 0.2, "all_panels_s": 0.2}}},
+              "diversity": {"family": "mnist", "models": ["teacher@4", "dmd-1s"], "n": 100, "clicked_at_s": 31.2,
+                            "full_evaluation_s": 17.25},
+              "load_average_1min_at_end": 1.0}
+
+    def fake_run(*a, **k):
+        seen.update(k)
+        return result
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    assert bench.main(["--out", str(tmp_path), "--families", "mnist", "--no-warm-up", "--no-diversity"]) == 0
+    assert seen["warm_up"] is False and seen["diversity"] is False
+    md = (tmp_path / "latency.md").read_text()
+    assert ("Diversity, full evaluation of mnist (teacher@4, dmd-1s, n = 100 each, clicked 31 s after start): "
+            "17.25 s") in md
