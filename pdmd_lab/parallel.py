@@ -1,12 +1,13 @@
 """Independent distillations side by side, one process each, as ``pdmd-lab study --jobs`` runs its rows.
 
 :func:`distill_all` takes named :class:`~pdmd_lab.distill.DistillConfig` s, runs each through
-:func:`pdmd_lab.distill.distill` in its own single-threaded worker (``spawn`` start method, like the
-study), and returns the finished students with their wall times. The runs are independent and every
-draw is seeded by its config, so the students equal the ones a sequential loop returns (the tests
-check it); only the wall time changes: the longest run's when there are cores for all, instead of
-the sum. Single-threaded workers also keep their share of a machine that other jobs are using (one
-process with two threads on two busy cores waits on its slower thread).
+:func:`pdmd_lab.distill.distill` in its own single-threaded worker (``spawn`` start method by default, like
+the study; ``fork`` where the caller has torch loaded already), and returns the finished students with
+their wall times. The runs are independent and every draw is seeded by its config, so the students
+equal the ones a sequential loop returns (the tests check it); only the wall time changes: the longest
+run's when there are cores for all, instead of the sum. Single-threaded workers also keep their share
+of a machine that other jobs are using (one process with two threads on two busy cores waits on its
+slower thread).
 
 :func:`start_all` starts the same workers and returns at once: the caller (a notebook) works on
 while they train, and ``runs.result()`` waits for the students.
@@ -33,13 +34,20 @@ def _run(config, threads: int):
     return student, time.perf_counter() - t0
 
 
-def distill_all(configs: dict, *, processes: int | None = None, threads: int = 1) -> dict:
+START_METHODS = ("spawn", "fork", "forkserver")
+
+
+def distill_all(configs: dict, *, processes: int | None = None, threads: int = 1, start_method: str = "spawn") -> dict:
     """``{name: (student, seconds)}`` for ``{name: DistillConfig}``, in the order given.
 
     ``processes`` (default: one per run) workers run at once; ``processes = 1`` runs them here, one
     after the other, with this process's thread count. ``threads`` is each worker's torch thread count.
+    ``start_method``: how workers start (:data:`START_METHODS`). ``spawn`` (the default) starts a fresh
+    interpreter, which imports torch and the kit again (about 3 CPU-seconds a worker); ``fork`` (POSIX only)
+    copies this process, imports included, and suits a caller such as a notebook kernel that has run torch
+    on one thread only (a fork after multi-threaded torch work can hang in the child).
     """
-    return start_all(configs, processes=processes, threads=threads).result()
+    return start_all(configs, processes=processes, threads=threads, start_method=start_method).result()
 
 
 class Runs:
@@ -63,7 +71,7 @@ class Runs:
                 self._executor = None
 
 
-def start_all(configs: dict, *, processes: int | None = None, threads: int = 1) -> Runs:
+def start_all(configs: dict, *, processes: int | None = None, threads: int = 1, start_method: str = "spawn") -> Runs:
     """Start :func:`distill_all`'s runs and return at once, while the workers train.
 
     Bad options raise here, before any worker starts. ``processes = 1`` has no workers: the runs train
@@ -76,6 +84,11 @@ def start_all(configs: dict, *, processes: int | None = None, threads: int = 1) 
         raise ValueError(f"processes must be >= 1, got {processes}")
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    import multiprocessing as mp
+
+    if start_method not in START_METHODS or start_method not in mp.get_all_start_methods():
+        allowed = [m for m in START_METHODS if m in mp.get_all_start_methods()]
+        raise ValueError(f"start_method must be one of {', '.join(allowed)} here, got {start_method!r}")
     for name, config in configs.items():
         config.build_method()  # a bad option fails here, before any worker starts
     if processes == 1:
@@ -84,8 +97,7 @@ def start_all(configs: dict, *, processes: int | None = None, threads: int = 1) 
             futures[name] = Future()
             futures[name].set_result(_run(config, torch.get_num_threads()))
         return Runs(futures)
-    import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    ex = ProcessPoolExecutor(min(processes, len(configs)), mp_context=mp.get_context("spawn"))
+    ex = ProcessPoolExecutor(min(processes, len(configs)), mp_context=mp.get_context(start_method))
     return Runs({name: ex.submit(_run, config, threads) for name, config in configs.items()}, ex)

@@ -23,6 +23,7 @@ def test_workers_return_the_sequential_students(tmp_path, monkeypatch):
     sequential = distill_all(_configs(), processes=1)
     runs = start_all(_configs(), processes=2)  # returns while the workers train; result() waits for them
     parallel = runs.result()
+    forked = start_all(_configs(), processes=2, start_method="fork").result()  # workers copy this process
     assert runs.done() and runs.result().keys() == parallel.keys()
     assert list(parallel) == ["dmd", "phased"]
     for name, (student, seconds) in parallel.items():
@@ -34,6 +35,7 @@ def test_workers_return_the_sequential_students(tmp_path, monkeypatch):
             assert torch.allclose(ref[k], got[k], atol=1e-6), (name, k)
         labels = torch.arange(8) % 4
         assert torch.allclose(student.sample(labels, seed=3), sequential[name][0].sample(labels, seed=3), atol=1e-5)
+        assert all(torch.equal(v, forked[name][0].state_dict()[k]) for k, v in got.items())  # fork = spawn
 
 
 def test_bad_values_fail_before_any_worker():
@@ -45,3 +47,5 @@ def test_bad_values_fail_before_any_worker():
         distill_all(_configs(), threads=0)
     with pytest.raises(ValueError, match="processes"):
         start_all(_configs(), processes=-1)
+    with pytest.raises(ValueError, match="start_method"):
+        start_all(_configs(), processes=2, start_method="thread")
