@@ -123,7 +123,8 @@ def cmd_recipes(a) -> None:
 
 
 _DISTILL_FIELDS = {"teacher", "method", "steps", "shift", "cfg", "iters", "batch_size", "lr_generator", "lr_fake",
-                   "fake_updates_per_generator_update", "grad_clip", "seed", "checkpoint_every", "init_iters"}
+                   "fake_updates_per_generator_update", "grad_clip", "seed", "checkpoint_every", "init_iters",
+                   "fused_optimizer"}
 
 
 def _methods() -> dict:
@@ -372,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fake-updates", dest="fake_updates_per_generator_update", type=int, default=None,
                    help="critic updates per generator update")
     s.add_argument("--grad-clip", type=float, default=None)
+    s.add_argument("--fused-optimizer", action="store_const", const=True, default=None,
+                   help="AdamW's fused kernel: faster steps on a CPU, weights equal to the default's only to float "
+                        "rounding (the shipped models were trained without it)")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--checkpoint-every", type=int, default=None)
     s.add_argument("--init-iters", type=int, default=None, help="oracle teachers: iterations of the starting fit")

@@ -280,8 +280,8 @@ def check_finite_tree(obj, where: str) -> None:
 
 
 def check_field_types(obj) -> None:
-    """A dataclass's ``int`` / ``float`` / ``str`` fields hold such values (a recipe, a JSON file or
-    ``--set KEY=VALUE`` may hand over anything)."""
+    """A dataclass's ``int`` / ``float`` / ``str`` / ``bool`` fields hold such values (a recipe, a JSON file
+    or ``--set KEY=VALUE`` may hand over anything)."""
     import dataclasses
 
     for f in dataclasses.fields(obj):
@@ -292,6 +292,8 @@ def check_field_types(obj) -> None:
             raise ValueError(f"{f.name} must be a number, got {v!r}")
         if t == "str" and not isinstance(v, str):
             raise ValueError(f"{f.name} must be a string, got {v!r}")
+        if t == "bool" and not isinstance(v, bool):
+            raise ValueError(f"{f.name} must be true or false, got {v!r}")
 
 
 def check_label(label, num_classes: int, option: str = "--label") -> None:

@@ -132,11 +132,13 @@ class Distiller:
         critic = self.method.build_critic(self.init_net, phase).to(self.device).requires_grad_(True).train()
         betas = (0.0, 0.999)  # Phased DMD / DMD2 setting for both nets
         # foreach (torch's default on GPUs, not on CPUs): the same numbers as the per-tensor loop, bit for
-        # bit, with about a fifth less optimizer time for the small nets trained on a CPU
+        # bit, with about a fifth less optimizer time for the small nets trained on a CPU; fused: a single
+        # kernel, ~4x faster again, equal to the loop only to float rounding (``config.fused_optimizer``)
+        impl = {"fused": True} if c.fused_optimizer else {"foreach": True}
         trainable = [p for p in generator.parameters() if p.requires_grad]
-        opt_generator = torch.optim.AdamW(trainable, lr=c.lr_generator, betas=betas, weight_decay=0.0, foreach=True)
+        opt_generator = torch.optim.AdamW(trainable, lr=c.lr_generator, betas=betas, weight_decay=0.0, **impl)
         opt_critic = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=c.lr_fake,
-                                       betas=betas, weight_decay=0.0, foreach=True)
+                                       betas=betas, weight_decay=0.0, **impl)
         return tuple(self.accelerator.prepare(generator, critic, opt_generator, opt_critic))
 
     def _draw(self, it: int, stream: int) -> Draw:
@@ -161,10 +163,28 @@ class Distiller:
 
     def _update(self, loss, net, opt, name: str) -> None:
         self._check(loss, name)
+        params = [p for p in net.parameters() if p.requires_grad]
+        if self._plain:  # torch's own calls, as accelerate's wrappers make them, less their ~1.5 ms of checks
+            opt = _raw(opt)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            opt.step()
+            return
         opt.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
-        self.accelerator.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], self.config.grad_clip)
+        self.accelerator.clip_grad_norm_(params, self.config.grad_clip)
         opt.step()
+
+    @property
+    def _plain(self) -> bool:
+        """One process, no loss scaling, no gradient accumulation: accelerate would only call torch's own
+        ``zero_grad``, ``backward``, ``clip_grad_norm_`` and ``step`` (the same numbers, bit for bit)."""
+        from accelerate.utils import DistributedType
+
+        a = self.accelerator
+        return (a.distributed_type == DistributedType.NO and a.scaler is None
+                and a.gradient_accumulation_steps == 1)
 
     def _checkpoint_note(self) -> str:
         """``; the last checkpoint (iteration N) in OUT is intact``, only when there is one."""
