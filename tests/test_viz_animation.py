@@ -130,3 +130,27 @@ def test_gif_without_idle_redraws_is_the_same_gif(trajectory_2d, monkeypatch):
     slow, slow_draws = gif()
     assert fast == slow
     assert slow_draws - fast_draws == 1 + 2 * 4 + 2  # one idle redraw per frame saved
+
+
+def test_gif_frames_drawn_once_are_the_same_gif(trajectory_2d, monkeypatch):
+    """The GIF writer draws each frame once and reads the canvas (``savefig`` would lay a constrained-layout
+    figure out in a dry draw first): the same bytes as matplotlib's own ``PillowWriter.grab_frame``, the end
+    frames' class legend (a new layout) included."""
+    from matplotlib.animation import Animation, PillowWriter
+
+    traj, experts, labels = trajectory_2d
+
+    def gif():
+        anim = viz.trajectory_animation(traj, experts, gmm=ring_mix(), labels=labels, frames_per_step=2,
+                                        hold_start=1, hold_end=2)
+        return viz.animation_to_gif(anim)
+
+    once = gif()
+    save = Animation.save
+
+    def with_savefig_frames(self, path, writer=None, **kw):
+        type(writer).grab_frame = PillowWriter.grab_frame  # the writer class is made per call
+        return save(self, path, writer=writer, **kw)
+
+    monkeypatch.setattr(Animation, "save", with_savefig_frames)
+    assert gif() == once

@@ -215,6 +215,22 @@ def animation_to_gif(anim, path=None, *, fps: float | None = None, dpi: int = 72
     class _Writer(PillowWriter):
         """Pillow's GIF writer with a per-frame palette and no dithering: far smaller files for plots."""
 
+        def grab_frame(self, **savefig_kwargs):
+            # ``savefig`` of a figure with a layout engine draws each frame twice (a dry draw that places the
+            # layout, then the real one, which places it again): one real draw at the writer's resolution,
+            # read from the canvas, gives the same pixels in about two thirds of the time
+            fig, canvas = self.fig, self.fig.canvas
+            if savefig_kwargs or not hasattr(canvas, "buffer_rgba"):
+                return super().grab_frame(**savefig_kwargs)
+            dpi, ratio, saving = fig.dpi, getattr(canvas, "_device_pixel_ratio", 1), canvas._is_saving
+            fig.dpi, canvas._device_pixel_ratio, canvas._is_saving = self.dpi, 1, True
+            try:
+                canvas.draw()
+                im = Image.frombuffer("RGBA", self.frame_size, canvas.buffer_rgba(), "raw", "RGBA", 0, 1).copy()
+            finally:
+                fig.dpi, canvas._device_pixel_ratio, canvas._is_saving = dpi, ratio, saving
+            self._frames.append(im if im.getextrema()[3][0] < 255 else im.convert("RGB"))
+
         def finish(self):
             # One palette for all frames (from the last one, which has every colour of the plot), so
             # that Pillow stores each frame as its difference from the previous one.
