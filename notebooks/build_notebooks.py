@@ -506,8 +506,7 @@ viz.scatter_figure({"data": (x_data, y_data), "teacher (50 steps, CFG 3)": (x_te
     ("md", """## Distilling live
 
 One call per method (`pdmd_lab.distill.distill`), same settings: real score = oracle with CFG 3, batch 256,
-learning rates 1e-3, 3 fake-score updates per generator update, AdamW's fused step (`fused_optimizer=True`: the
-same updates to float rounding, in less time on a CPU). The experts and fake scores start from an MLP
+learning rates 1e-3, 3 fake-score updates per generator update. The experts and fake scores start from an MLP
 regressed onto the oracle velocity for `init_iters = 2000` steps, the starting net of the shipped `ring-mix` recipes:
 it travels with the kit (`assets/init`), so `distill` loads it instead of fitting it.
 
@@ -525,8 +524,7 @@ and the shipped students, and run while the workers train. `runs.result()` waits
     ("code", """for name, cls in METHODS.items():
     print(f"{name:20s} {cls.summary}")
 common = dict(teacher="oracle:ring-mix", cfg=3.0, iters=ITERS, batch_size=256, lr_generator=1e-3, lr_fake=1e-3,
-              fake_updates_per_generator_update=3, init_iters=2000,
-              fused_optimizer=True)  # AdamW's one-kernel step: the same training, ~7% sooner on a CPU
+              fake_updates_per_generator_update=3, init_iters=2000)
 runs = {"DMD 1-step": dict(method="dmd", steps=1),
         "DMD2-SGTS 4-step": dict(method="dmd2-sgts", steps=4),
         "Phased DMD 4s/4p": dict(method="phased-dmd", steps=4, phases=4)}
