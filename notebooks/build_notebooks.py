@@ -519,8 +519,9 @@ it travels with the kit (`assets/init`), so `distill` loads it instead of fittin
 registry `pdmd_lab.distill.METHODS` (listed first); `DistillConfig.from_flat` routes a method's own options, such
 as Phased DMD's `phases`, to the method. The three runs are independent, so `pdmd_lab.parallel.start_all` trains
 them side by side, one single-threaded worker process each, forked from this kernel (each run is `distill(config)`;
-the students are the ones a loop of `distill` calls returns, only sooner), and returns at once: the next two sections need only the teacher
-and the shipped students, and run while the workers train. `runs.result()` waits for the students further down."""),
+the students are the ones a loop of `distill` calls returns, only sooner), and returns at once: the next two
+sections need only the teacher and the shipped students, and run while the workers train. `runs.result()` waits
+for the students further down."""),
     ("code", """for name, cls in METHODS.items():
     print(f"{name:20s} {cls.summary}")
 common = dict(teacher="oracle:ring-mix", cfg=3.0, iters=ITERS, batch_size=256, lr_generator=1e-3, lr_fake=1e-3,
