@@ -312,7 +312,7 @@ _int, _float = live._int, live._float  # one validation of numbers for both tabs
 
 def _labels(class_choice, n: int, num_classes: int) -> torch.Tensor:
     if class_choice in (None, "", "all"):
-        return torch.arange(n) % num_classes
+        return rows.labels_all(n, num_classes)
     c = _int(class_choice, "class", 0, num_classes - 1)
     return torch.full((n,), c, dtype=torch.long)
 

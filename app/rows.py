@@ -44,7 +44,8 @@ def noise(seed: int, n: int, shape) -> torch.Tensor:
 
 
 def labels_all(n: int, num_classes: int) -> torch.Tensor:
-    """Class labels of the class choice ``all``: ``0, 1, ..., num_classes - 1, 0, 1, ...``."""
+    """Class labels of the class choice ``all``: ``0, 1, ..., num_classes - 1, 0, 1, ...`` (row ``i`` the same
+    whatever ``n`` is, like the noise)."""
     return torch.arange(n) % num_classes
 
 
@@ -97,9 +98,13 @@ _EARLY: dict[tuple, Future] = {}  # Compare's cache key -> the entry being drawn
 _EARLY_COUNTS: dict[tuple, Count] = {}
 
 
-def early_key(family: str, n: int, cfg: float, seed: int = 0) -> tuple:
-    """Compare's cache key of ``family``'s full teacher, all classes (``app.tabs.compare._teacher_key``)."""
-    return family, "teacher", "all", int(seed), int(n), round(float(cfg), 6)
+def class_key(class_choice) -> str:
+    return "all" if class_choice in (None, "", "all") else str(int(float(class_choice)))
+
+
+def cache_key(family: str, key: str, class_choice, seed: int, n: int, cfg: float) -> tuple:
+    """The key of a model's samples for a request in the app's cache (Compare's and Diversity's)."""
+    return family, key, class_key(class_choice), int(seed), int(n), round(float(cfg), 6)
 
 
 def start_early(family: str = DEFAULT_FAMILY) -> tuple | None:
@@ -119,7 +124,7 @@ def start_early(family: str = DEFAULT_FAMILY) -> tuple | None:
         return None
     if getattr(teacher, "sampler", "euler") != "euler":
         return None
-    key = early_key(family, n, teacher.cfg)
+    key = cache_key(family, "teacher", "all", 0, n, teacher.cfg)
     count = _EARLY_COUNTS[key] = Count()
     fut: Future = Future()
     _EARLY[key] = fut

@@ -15,7 +15,7 @@ import time
 
 import gradio as gr
 
-from app import common
+from app import common, rows
 from app.common import (
     MAX_CFG,
     MAX_SAMPLES,
@@ -39,12 +39,7 @@ from app.common import (
 
 # Compare -----------------------------------------------------------------------------------------
 
-def _class_key(class_choice) -> str:
-    return "all" if class_choice in (None, "", "all") else str(int(float(class_choice)))
-
-
-def _teacher_key(family: str, key: str, class_choice, seed: int, n: int, cfg: float) -> tuple:
-    return family, key, _class_key(class_choice), int(seed), int(n), round(float(cfg), 6)
+_teacher_key = rows.cache_key  # a model's samples for a request, in the cache Diversity shares
 
 
 def teacher_output(family: str, key: str, class_choice, seed: int, n: int, cfg: float):

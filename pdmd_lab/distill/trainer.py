@@ -70,6 +70,12 @@ class Distiller:
         self.out, self.progress, self.command = Path(out) if out else None, progress, command
         self.callbacks, self.callback_every = list(callbacks or []), callback_every
         self.accelerator = Accelerator()
+        from accelerate.utils import DistributedType
+
+        a = self.accelerator  # one process, no loss scaling, no accumulation: accelerate's wrappers would only
+        # call torch's own zero_grad, backward, clip_grad_norm_ and step (``_update`` calls them itself)
+        self._plain = (a.distributed_type == DistributedType.NO and a.scaler is None
+                       and a.gradient_accumulation_steps == 1)
         self.device = self.accelerator.device
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         Draw(torch.Generator(), config.batch_size, self.rank, self.world)  # checks the batch split
@@ -176,15 +182,6 @@ class Distiller:
         self.accelerator.clip_grad_norm_(params, self.config.grad_clip)
         opt.step()
 
-    @property
-    def _plain(self) -> bool:
-        """One process, no loss scaling, no gradient accumulation: accelerate would only call torch's own
-        ``zero_grad``, ``backward``, ``clip_grad_norm_`` and ``step`` (the same numbers, bit for bit)."""
-        from accelerate.utils import DistributedType
-
-        a = self.accelerator
-        return (a.distributed_type == DistributedType.NO and a.scaler is None
-                and a.gradient_accumulation_steps == 1)
 
     def _checkpoint_note(self) -> str:
         """``; the last checkpoint (iteration N) in OUT is intact``, only when there is one."""
