@@ -51,9 +51,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":  # the default view's teacher is drawn while Gradio and the tabs load (~6 s of a core)
+    _args = _parser().parse_args()  # --help and bad values answered before anything loads
+
     import torch
 
-    _args = _parser().parse_args()
     torch.set_num_threads(max(1, _args.threads))
     if not _args.no_warm_up:
         from app import rows
