@@ -56,26 +56,14 @@ def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"the app did not serve {url} within {timeout:.0f} s")
 
 
-def _shown_families(url: str) -> list[str]:
-    """The Compare family dropdown's choices, from the running app's page config (nothing loaded here)."""
+def _dropdowns(url: str) -> dict[str, list[str]]:
+    """``elem_id -> choices`` of the running app's dropdowns, from its page config (nothing loaded here):
+    ``family-dd`` is Compare's family list, ``diversity-family`` the Diversity tab's."""
     import httpx
 
     config = httpx.get(url + "config", timeout=30).json()
-    for c in config["components"]:
-        if c.get("props", {}).get("elem_id") == "family-dd":
-            return [ch[1] if isinstance(ch, (list, tuple)) else ch for ch in c["props"]["choices"]]
-    raise RuntimeError("the app's page has no family dropdown (elem_id family-dd)")
-
-
-def _diversity_families(url: str) -> list[str]:
-    """The Diversity tab's family choices (the flow-matching families), from the page config."""
-    import httpx
-
-    config = httpx.get(url + "config", timeout=30).json()
-    for c in config["components"]:
-        if c.get("props", {}).get("elem_id") == "diversity-family":
-            return [ch[1] if isinstance(ch, (list, tuple)) else ch for ch in c["props"]["choices"]]
-    return []
+    return {c["props"]["elem_id"]: [ch[1] if isinstance(ch, (list, tuple)) else ch for ch in c["props"]["choices"]]
+            for c in config["components"] if c.get("props", {}).get("elem_id") and "choices" in c["props"]}
 
 
 def _defaults(client, family: str) -> tuple:
@@ -139,7 +127,10 @@ def run(families=None, *, wait: float = 30.0, repeats: int = 3, threads: int = 1
         _wait_until_up(url, proc, timeout=600)
         up = time.time() - start
         progress(f"app serving after {up:.1f} s; waiting until {wait:.0f} s after start")
-        shown = _shown_families(url)
+        dropdowns = _dropdowns(url)
+        if "family-dd" not in dropdowns:
+            raise RuntimeError("the app's page has no family dropdown (elem_id family-dd)")
+        shown, diversity_families = dropdowns["family-dd"], dropdowns.get("diversity-family", [])
         families = [f for f in (families or shown) if f in shown]
         client = Client(url, verbose=False, download_files=False)
         # The page's own family has its defaults filled in already; another one's come when it is picked (a
@@ -156,7 +147,7 @@ def run(families=None, *, wait: float = 30.0, repeats: int = 3, threads: int = 1
             first = click(client, family, request, http)
             rows[family] = {"n": request[2], "first_click_at_s": round(since, 1), "first": first}
             progress(f"{family}: first click {rows[family]['first']}")
-            if diversity and div is None and family in _diversity_families(url):
+            if diversity and div is None and family in diversity_families:
                 div = {"clicked_at_s": round(time.time() - start, 1), **diversity_click(client, family)}
                 progress(f"Diversity, full evaluation of {family}: {div['full_evaluation_s']} s")
         for family in families:

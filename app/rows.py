@@ -94,8 +94,7 @@ def split_sample(model, labels: torch.Tensor, noise: torch.Tensor, seed: int, co
 
 # The first draw, before Gradio loads ------------------------------------------------------------------
 
-_EARLY: dict[tuple, Future] = {}  # Compare's cache key -> the entry being drawn
-_EARLY_COUNTS: dict[tuple, Count] = {}
+_EARLY: dict[tuple, tuple[Future, Count]] = {}  # Compare's cache key -> the entry being drawn, its steps done
 
 
 def class_key(class_choice) -> str:
@@ -125,9 +124,7 @@ def start_early(family: str = DEFAULT_FAMILY) -> tuple | None:
     if getattr(teacher, "sampler", "euler") != "euler":
         return None
     key = cache_key(family, "teacher", "all", 0, n, teacher.cfg)
-    count = _EARLY_COUNTS[key] = Count()
-    fut: Future = Future()
-    _EARLY[key] = fut
+    fut, count = _EARLY[key] = Future(), Count()
 
     def run():
         try:
@@ -144,8 +141,7 @@ def start_early(family: str = DEFAULT_FAMILY) -> tuple | None:
 
 def take_early(key: tuple) -> dict | None:
     """The entry drawn by :func:`start_early` under ``key`` (waiting for it while it is drawn), once; else None."""
-    fut = _EARLY.pop(key, None)
-    _EARLY_COUNTS.pop(key, None)
+    fut, _ = _EARLY.pop(key, (None, None))
     if fut is None:
         return None
     try:
@@ -156,4 +152,4 @@ def take_early(key: tuple) -> dict | None:
 
 def early_count(key: tuple) -> Count | None:
     """The sample-steps done so far of the early draw under ``key``, while it runs (for progress)."""
-    return _EARLY_COUNTS.get(key)
+    return _EARLY.get(key, (None, None))[1]

@@ -232,7 +232,7 @@ def test_early_draw_is_what_the_warm_up_would_draw(monkeypatch):
     n = rows.DEFAULT_PAIR_SAMPLES
     key = rows.start_early("ring-mix")
     assert key == _teacher_key("ring-mix", "teacher", "all", 0, n, teacher.cfg)
-    early = rows._EARLY[key].result(timeout=120)  # drawn in its thread
+    early = rows._EARLY[key][0].result(timeout=120)  # drawn in its thread
     calls = []
     _slow_teacher(monkeypatch, calls, delay=0)
     entry = dv.draw_samples("ring-mix", ["teacher"], 0, n)["teacher"]

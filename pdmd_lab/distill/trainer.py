@@ -73,9 +73,11 @@ class Distiller:
         from accelerate.utils import DistributedType
 
         a = self.accelerator  # one process, no loss scaling, no accumulation: accelerate's wrappers would only
-        # call torch's own zero_grad, backward, clip_grad_norm_ and step (``_update`` calls them itself)
+        # call torch's own zero_grad, backward, clip_grad_norm_ and step, after ~1.5 ms of checks an update
         self._plain = (a.distributed_type == DistributedType.NO and a.scaler is None
                        and a.gradient_accumulation_steps == 1)
+        self._backward = torch.Tensor.backward if self._plain else a.backward
+        self._clip = torch.nn.utils.clip_grad_norm_ if self._plain else a.clip_grad_norm_
         self.device = self.accelerator.device
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         Draw(torch.Generator(), config.batch_size, self.rank, self.world)  # checks the batch split
@@ -169,19 +171,11 @@ class Distiller:
 
     def _update(self, loss, net, opt, name: str) -> None:
         self._check(loss, name)
-        params = [p for p in net.parameters() if p.requires_grad]
-        if self._plain:  # torch's own calls, as accelerate's wrappers make them, less their ~1.5 ms of checks
-            opt = _raw(opt)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-            opt.step()
-            return
+        opt = _raw(opt) if self._plain else opt
         opt.zero_grad(set_to_none=True)
-        self.accelerator.backward(loss)
-        self.accelerator.clip_grad_norm_(params, self.config.grad_clip)
+        self._backward(loss)
+        self._clip([p for p in net.parameters() if p.requires_grad], self.config.grad_clip)
         opt.step()
-
 
     def _checkpoint_note(self) -> str:
         """``; the last checkpoint (iteration N) in OUT is intact``, only when there is one."""
