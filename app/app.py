@@ -50,16 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-if __name__ == "__main__":  # the default view's teacher is drawn while Gradio and the tabs load (~6 s of a core)
+if __name__ == "__main__":  # the default views' teacher is drawn while Gradio, the models and the tabs load
     _args = _parser().parse_args()  # --help and bad values answered before anything loads
-
-    import torch
-
-    torch.set_num_threads(max(1, _args.threads))
     if not _args.no_warm_up:
-        from app import rows
+        from app import early
 
-        rows.start_early()
+        early.start(threads=max(1, _args.threads))
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402

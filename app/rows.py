@@ -1,22 +1,19 @@
-"""A model's samples with its rows split over threads, and the app's first draw, started before Gradio loads.
+"""A model's samples with its rows split over threads, and the keys they are cached under.
 
-Nothing here imports Gradio. ``python -m app.app`` calls :func:`start_early` before its own imports
-(Gradio and the tabs take about 6 s of one core): the default Compare view's 50-step teacher is drawn
-meanwhile, on the other core, and the app's warm-up finds those rows with :func:`take_early` under
-Compare's cache key instead of drawing them again.
+Nothing here imports Gradio: the app's first draw (:mod:`app.early`, a process of its own started before
+Gradio loads) uses it too.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-DEFAULT_FAMILY = "mnist"  # the page's family when it is shipped (else the first family shown)
+from app.early import DEFAULT_FAMILY, Count  # noqa: F401  (the page's first family; a model's steps drawn)
 MAX_SAMPLES = 64
 MAX_PAIR_SAMPLES = 8192  # points and token pairs: a scatter or a joint histogram on 32 x 32 cells needs thousands
 DEFAULT_PAIR_SAMPLES = 2048
@@ -47,18 +44,6 @@ def labels_all(n: int, num_classes: int) -> torch.Tensor:
     """Class labels of the class choice ``all``: ``0, 1, ..., num_classes - 1, 0, 1, ...`` (row ``i`` the same
     whatever ``n`` is, like the noise)."""
     return torch.arange(n) % num_classes
-
-
-class Count:
-    """Sample-steps (rows x steps) done of a model being drawn: seen by any request waiting for the same samples."""
-
-    def __init__(self):
-        self.done = 0
-        self._lock = threading.Lock()
-
-    def add(self, k: int) -> None:
-        with self._lock:
-            self.done += k
 
 
 def workers() -> int:
@@ -92,10 +77,7 @@ def split_sample(model, labels: torch.Tensor, noise: torch.Tensor, seed: int, co
     return torch.cat([x for x, _ in done]), sum(ms for _, ms in done)
 
 
-# The first draw, before Gradio loads ------------------------------------------------------------------
-
-_EARLY: dict[tuple, tuple[Future, Count]] = {}  # Compare's cache key -> the entry being drawn, its steps done
-
+# Cache keys ----------------------------------------------------------------------------------------
 
 def class_key(class_choice) -> str:
     return "all" if class_choice in (None, "", "all") else str(int(float(class_choice)))
@@ -104,52 +86,3 @@ def class_key(class_choice) -> str:
 def cache_key(family: str, key: str, class_choice, seed: int, n: int, cfg: float) -> tuple:
     """The key of a model's samples for a request in the app's cache (Compare's and Diversity's)."""
     return family, key, class_key(class_choice), int(seed), int(n), round(float(cfg), 6)
-
-
-def start_early(family: str = DEFAULT_FAMILY) -> tuple | None:
-    """Start drawing the default Compare view's full teacher of ``family`` (all classes, seed 0, the
-    default number of samples, the teacher's CFG) in a background thread; returns its cache key, or None
-    when the family's teacher is not shipped or fails to load (the app's own warm-up then draws it)."""
-    from pdmd_lab import zoo
-    from pdmd_lab.families import get_family
-
-    try:
-        fam = get_family(family)
-        if f"{family}/teacher" not in zoo.list_models():
-            return None
-        teacher = zoo.load(f"{family}/teacher", steps=fam.comparison_teacher_steps)
-        n = sample_limits(family)[1]
-    except Exception:  # the app loads it again and says what is wrong on the page
-        return None
-    if getattr(teacher, "sampler", "euler") != "euler":
-        return None
-    key = cache_key(family, "teacher", "all", 0, n, teacher.cfg)
-    fut, count = _EARLY[key] = Future(), Count()
-
-    def run():
-        try:
-            labels = labels_all(n, teacher.num_classes)
-            with torch.no_grad():
-                x, ms = split_sample(teacher, labels, noise(0, n, teacher.shape), 0, count)
-            fut.set_result({"x": x, "ms": ms, "nfe": teacher.nfe, "labels": labels})
-        except BaseException as e:  # the warm-up draws it itself
-            fut.set_exception(e)
-
-    threading.Thread(target=run, daemon=True, name="early-draw").start()
-    return key
-
-
-def take_early(key: tuple) -> dict | None:
-    """The entry drawn by :func:`start_early` under ``key`` (waiting for it while it is drawn), once; else None."""
-    fut, _ = _EARLY.pop(key, (None, None))
-    if fut is None:
-        return None
-    try:
-        return fut.result()
-    except Exception:
-        return None
-
-
-def early_count(key: tuple) -> Count | None:
-    """The sample-steps done so far of the early draw under ``key``, while it runs (for progress)."""
-    return _EARLY.get(key, (None, None))[1]

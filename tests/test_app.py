@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app import app as app_module  # noqa: E402
-from app import common, live, rows  # noqa: E402
+from app import common, early, live, rows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 FAMILIES = [f for f in ("mnist", "ring-mix") if f in app_module.get_zoo().families]
@@ -220,29 +220,35 @@ def test_diversity_full_evaluation_reports_progress_and_shares_the_teacher(monke
 
 
 def test_early_draw_is_what_the_warm_up_would_draw(monkeypatch):
-    """``python -m app.app`` draws the default view's full teacher before Gradio loads (:func:`rows.start_early`):
-    the warm-up's draw then takes those rows under Compare's key, draws nothing itself, and gets the numbers it
-    would have drawn (the same row split); a key drawn by nobody, or a family with no teacher, gives None."""
+    """``python -m app.app`` starts a process drawing the default views' full teacher before anything loads
+    (:func:`early.start`): Compare's rows, then Diversity's further rows. The warm-up takes both entries under
+    their cache keys, draws nothing itself and gets what it would have drawn (Compare's rows bit for bit: the
+    same split; Diversity's extend them); each entry is taken once; a family with no teacher draws nothing."""
     from app.tabs import diversity as dv
     from app.tabs.compare import _teacher_key
 
     monkeypatch.setattr(common, "TEACHER_CACHE", common.TeacherCache())
-    monkeypatch.setattr(rows, "workers", lambda: 2)
+    monkeypatch.setattr(rows, "workers", lambda: 2)  # as in the child, on this machine's two cores
     teacher = app_module.get_zoo().models["ring-mix"]["teacher"]
-    n = rows.DEFAULT_PAIR_SAMPLES
-    key = rows.start_early("ring-mix")
-    assert key == _teacher_key("ring-mix", "teacher", "all", 0, n, teacher.cfg)
-    early = rows._EARLY[key][0].result(timeout=120)  # drawn in its thread
+    assert early.start("ring-mix", n=16, reference_n=48) is not None
+    keys = early.keys()
+    assert keys == [_teacher_key("ring-mix", "teacher", "all", 0, m, teacher.cfg) for m in (16, 48)]
+    counts = [early.count(k) for k in keys]
     calls = []
     _slow_teacher(monkeypatch, calls, delay=0)
-    entry = dv.draw_samples("ring-mix", ["teacher"], 0, n)["teacher"]
-    assert not calls and entry["x"] is early["x"] and not entry["cached"]
-    assert rows.take_early(key) is None  # taken once
-    labels = torch.arange(n) % teacher.num_classes
+    head = dv.draw_samples("ring-mix", ["teacher"], 0, 16)["teacher"]
+    full = dv.draw_samples("ring-mix", ["teacher"], 0, 48)["teacher"]
+    assert not calls and not head["cached"] and not full["cached"]
+    assert [c.done for c in counts] == [16 * 50, 48 * 50]  # every row's steps reached the page's progress
+    assert early.take(keys[0]) is None and early.keys() == []  # taken once
     sampler = app_module.get_zoo().sampler("ring-mix", "teacher", teacher.cfg)  # what the warm-up draws with
-    again, _ = rows.split_sample(sampler, labels, common._noise(0, n, sampler.shape), 0, rows.Count())
-    assert torch.equal(entry["x"], again) and torch.equal(entry["labels"], labels)
-    assert rows.start_early("no-such-family") is None
+    labels, noise = torch.arange(48) % teacher.num_classes, common._noise(0, 48, sampler.shape)
+    again, _ = rows.split_sample(sampler, labels[:16], noise[:16], 0, rows.Count())
+    assert torch.equal(head["x"], again) and torch.equal(full["x"][:16], head["x"])
+    torch.testing.assert_close(full["x"], sampler.sample(labels, seed=0, noise=noise), atol=1e-5, rtol=1e-5)
+    assert torch.equal(full["labels"], labels)
+    early.start("no-such-family")
+    assert early.keys() == []
 
 
 def test_diversity_extends_samples_drawn_for_fewer(monkeypatch):

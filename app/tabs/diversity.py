@@ -16,7 +16,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from app import common, rows
+from app import common, early, rows
 from app.common import (
     MAX_CLASS_N,
     MAX_DIVERSITY_N,
@@ -35,7 +35,7 @@ from pdmd_lab.families import Family
 from pdmd_lab.families.continuous import PRDC_K
 
 DEFAULT_METHODS = ("teacher@4", "dmd-1s", "phased-dmd-4s4p")  # the tab's first view (and the app's warm-up)
-DEFAULT_N = 100
+DEFAULT_N = early.DIVERSITY_N  # samples per model (the app's first process draws its teacher's from the start)
 POLL_S = 0.5  # how often the page's progress is updated while something computes
 SAMPLING_SHARE = 0.85  # of the progress bar: drawing the samples, then embedding and scoring
 
@@ -55,15 +55,15 @@ def _model_output(family: str, key: str, seed: int, n: int, cfg: float, class_ch
     ckey = _teacher_key(family, key, class_choice, seed, n, cfg)
 
     def compute():
-        count = rows.early_count(ckey)
-        if count is not None:  # drawn by ``python -m app.app`` since before Gradio loaded: wait for it
+        count = early.count(ckey)
+        if count is not None:  # drawn by ``python -m app.app``'s first process since its start: wait for it
             _RUNNING[ckey] = count
             try:
-                early = rows.take_early(ckey)
+                drawn = early.take(ckey)
             finally:
                 _RUNNING.pop(ckey, None)
-            if early is not None:
-                return early
+            if drawn is not None:
+                return drawn
         labels = _labels(class_choice, n, model.num_classes)
         noise = _noise(seed, n, model.shape)
         count = _RUNNING[ckey] = rows.Count()
