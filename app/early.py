@@ -97,6 +97,8 @@ def _read(proc: subprocess.Popen) -> None:
                 fut.set_exception(RuntimeError("the early draw stopped"))
         _KNOWN.set()
         proc.stdout.close()
+        proc.stdin.close()  # the child stops if it has not
+        proc.wait()
 
 
 def keys(timeout: float = KEYS_TIMEOUT_S) -> list[tuple]:
