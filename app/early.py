@@ -174,7 +174,10 @@ def _child(family: str, n: int, reference_n: int, threads: int) -> None:
         head = None
         for i, (a, b) in enumerate(parts):
             if a:
-                os.nice(BACKGROUND_NICE)  # this thread, and the threads it starts below
+                try:
+                    os.nice(BACKGROUND_NICE)  # this thread (Linux: threads one by one) and the threads it starts below
+                except (AttributeError, OSError):  # a system without it: the rows are drawn at the same priority
+                    pass
                 send(f"done {i} {a * int(teacher.num_steps)}")  # the rows drawn already, for the page's progress
             with torch.no_grad():
                 x, ms = rows.split_sample(teacher, labels[a:b], z[a:b], 0, _Sent(send, i))

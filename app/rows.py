@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from app.early import DEFAULT_FAMILY, Count  # noqa: F401  (the page's first family; a model's steps drawn)
+
 MAX_SAMPLES = 64
 MAX_PAIR_SAMPLES = 8192  # points and token pairs: a scatter or a joint histogram on 32 x 32 cells needs thousands
 DEFAULT_PAIR_SAMPLES = 2048
