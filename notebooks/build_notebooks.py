@@ -547,7 +547,8 @@ against reference weights (here the data's; for the students below, the teacher'
 modes and has a large KL."""),
     ("code", MD_TABLE_HELPER + """
 
-from IPython.display import Markdown, display
+from IPython.display import Markdown
+
 
 def coverage_row(x, lab):
     cov = metrics.mode_coverage(gmm, x, lab, reference_weights=teacher_hist)
@@ -893,7 +894,7 @@ Per method: mean over classes of the within-class pairwise cosine similarity and
 reference (`metrics.prdc`, k = 5)."""),
     ("code", MD_TABLE_HELPER + """
 
-from IPython.display import Markdown, display
+from IPython.display import Markdown
 
 ref = feats[TEACHER]
 table = {}

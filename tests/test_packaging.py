@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import subprocess
+import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -123,3 +125,11 @@ def test_ci_script():
     assert os.access(run, os.X_OK)
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
     assert "apt-get install -y" in text and "chromium" in text and "make test" in text
+
+
+def test_lint_is_clean():
+    """``make lint`` (ruff, pinned; rules in pyproject.toml) passes on the package, app, tests and notebooks."""
+    ruff = Path(sys.executable).parent / "ruff"
+    assert ruff.exists(), "ruff is not installed next to this Python (the dev extra: make test installs it)"
+    done = subprocess.run([str(ruff), "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:]
