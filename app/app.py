@@ -84,11 +84,11 @@ from app.tabs.phases import phases, trajectory  # noqa: E402,F401
 def layout_context(z: Zoo) -> SimpleNamespace:
     """What the tabs' layouts share: the families, their defaults and the students offered."""
     families = z.families
-    default_family = rows.DEFAULT_FAMILY if rows.DEFAULT_FAMILY in families else (families[0] if families else None)
+    default_family = rows.default_family(families)
     default_panels = z.panels(default_family) if default_family else PANELS
     default_cfg = z.models[default_family]["teacher"].cfg if default_family else 3.0
     others = z.continuous_families()  # the tabs besides Compare
-    default_other = rows.DEFAULT_FAMILY if rows.DEFAULT_FAMILY in others else (others[0] if others else None)
+    default_other = rows.default_family(others)
     shipped = {k for f in others for k in z.students(f)}
     students = [k for k in STUDENTS if k in shipped] + sorted(shipped - set(STUDENTS))
     compare_only = [f for f in families if f not in others]  # e.g. masked diffusion (D-MMD)

@@ -22,6 +22,12 @@ MAX_WORKERS = 4  # threads a model's rows are split over (one per free core, eac
 MIN_CHUNK = 8  # rows per thread at least: smaller batches are not worth a thread (8 MNIST rows are: 10.2 s -> 7.9 s)
 
 
+def default_family(families) -> str | None:
+    """The family a page or tab opens on: :data:`DEFAULT_FAMILY` when among ``families``, else the first, or None."""
+    families = list(families)
+    return DEFAULT_FAMILY if DEFAULT_FAMILY in families else next(iter(families), None)
+
+
 def sample_limits(family: str) -> tuple[int, int]:
     """``(most, default)`` number of samples in Compare: samples of a few numbers each (2D points, token
     pairs) are shown as a distribution (a scatter of thousands, a joint histogram); larger ones (images)

@@ -246,8 +246,7 @@ def warm_up(family: str | None = None) -> float:
     the cache, so the first click shows them at once; returns the seconds it took. The app runs it in its
     background warm-up at start (``python -m app.app``); tests do not wait for it."""
     z = get_zoo()
-    family = family or ("mnist" if "mnist" in z.continuous_families() else
-                        next(iter(z.continuous_families()), None))
+    family = family or rows.default_family(z.continuous_families())
     if family is None:
         return 0.0
     t0 = time.perf_counter()
